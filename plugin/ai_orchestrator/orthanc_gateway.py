@@ -1,0 +1,72 @@
+"""How the plain-Python parts of the plugin talk to Orthanc.
+
+Inside Orthanc, the entry module hands out an in-process gateway (``orthanc.RestApiGet`` and friends,
+no HTTP, no auth). Tests, benchmarks and external tools use :class:`HttpGateway` over Orthanc's REST API.
+Both speak Orthanc's own REST URIs (``/studies/{id}``, ``/instances``...), so code written against the
+protocol runs unchanged in both places.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+import httpx
+
+
+class OrthancError(RuntimeError):
+    """Orthanc answered a REST call with an error."""
+
+
+class OrthancGateway(Protocol):
+    def get_json(self, uri: str) -> Any:
+        """GET an Orthanc REST URI and decode its JSON answer."""
+
+    def get_instance_dicom(self, instance_id: str) -> bytes:
+        """The DICOM file (Part 10 bytes) of an Orthanc instance."""
+
+    def post_json(self, uri: str, body: Any) -> Any:
+        """POST a JSON body and decode the JSON answer."""
+
+    def post_instance(self, dicom: bytes) -> dict:
+        """Store one DICOM file (POST /instances); answers Orthanc's JSON (``ID``, ``ParentStudy``...)."""
+
+    def delete(self, uri: str) -> None:
+        """DELETE an Orthanc REST URI."""
+
+
+class HttpGateway:
+    """The gateway over Orthanc's HTTP REST API (httpx)."""
+
+    def __init__(self, client: httpx.Client):
+        self._client = client
+
+    @classmethod
+    def connect(cls, base_url: str, auth: tuple[str, str] | None = None, timeout: float = 300.0) -> "HttpGateway":
+        return cls(httpx.Client(base_url=base_url, auth=auth, timeout=timeout))
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.is_error:
+            raise OrthancError(f"{response.request.method} {response.request.url.path}: "
+                               f"HTTP {response.status_code} {response.text[:200]}")
+        return response
+
+    def get_json(self, uri: str) -> Any:
+        return self._check(self._client.get(uri)).json()
+
+    def get_instance_dicom(self, instance_id: str) -> bytes:
+        return self._check(self._client.get(f"/instances/{instance_id}/file")).content
+
+    def post_json(self, uri: str, body: Any) -> Any:
+        response = self._check(self._client.post(uri, content=json.dumps(body)))
+        return response.json() if response.content else None
+
+    def post_instance(self, dicom: bytes) -> dict:
+        return self._check(self._client.post("/instances", content=dicom,
+                                             headers={"Content-Type": "application/dicom"})).json()
+
+    def delete(self, uri: str) -> None:
+        self._check(self._client.delete(uri))
+
+    def close(self) -> None:
+        self._client.close()
