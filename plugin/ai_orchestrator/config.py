@@ -1,0 +1,71 @@
+"""The plugin's settings, read once from Orthanc's configuration into a typed object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting of the "AiOrchestrator" section is missing or wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    models_dir: Path
+    public_url: str  # how clients reach this Orthanc, e.g. http://localhost:8042
+    dicomweb_root: str  # e.g. /dicom-web
+    http_port: int
+    events_port: int
+    device: str  # "auto", "cpu", "cuda", "cuda:1"...
+    workers: int
+    max_attempts: int
+    scheduled_max_age_s: int  # 0: never cancel old SCHEDULED items
+    lease_s: int  # 0: IN PROGRESS items never expire
+    retention_days: int  # 0: keep final items forever
+    housekeeping_interval_s: int
+    rules: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "ai-orchestrator.sqlite"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return self.public_url.rstrip("/") + "/" + self.dicomweb_root.strip("/")
+
+    @classmethod
+    def from_orthanc(cls, orthanc_config: Mapping[str, Any]) -> "Settings":
+        section = orthanc_config.get("AiOrchestrator", {})
+        if not isinstance(section, dict):
+            raise ConfigError('"AiOrchestrator" must be a JSON object')
+        http_port = int(orthanc_config.get("HttpPort", 8042))
+        data_dir = section.get("DataDirectory") or orthanc_config.get("StorageDirectory") or "OrthancStorage"
+        rules = section.get("Rules", [])
+        if not isinstance(rules, list) or not all(isinstance(rule, dict) for rule in rules):
+            raise ConfigError('"AiOrchestrator.Rules" must be a list of JSON objects')
+        return cls(
+            data_dir=Path(data_dir),
+            models_dir=Path(section.get("ModelsDirectory", "models")),
+            public_url=str(section.get("PublicUrl", f"http://localhost:{http_port}")).rstrip("/"),
+            dicomweb_root=str(orthanc_config.get("DicomWeb", {}).get("Root", "/dicom-web/")),
+            http_port=http_port,
+            events_port=_int(section, "EventsPort", 8765, minimum=1),
+            device=str(section.get("Device", "auto")),
+            workers=_int(section, "Workers", 1, minimum=0),
+            max_attempts=_int(section, "MaxAttempts", 3, minimum=1),
+            scheduled_max_age_s=_int(section, "ScheduledMaxAgeSeconds", 0),
+            lease_s=_int(section, "LeaseSeconds", 3600),
+            retention_days=_int(section, "RetentionDays", 0),
+            housekeeping_interval_s=_int(section, "HousekeepingIntervalSeconds", 60, minimum=1),
+            rules=tuple(rules),
+        )
+
+
+def _int(section: Mapping[str, Any], name: str, default: int, minimum: int = 0) -> int:
+    value = section.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f'"AiOrchestrator.{name}" must be a whole number >= {minimum}, not {value!r}')
+    return value

@@ -1,0 +1,128 @@
+"""The only module that imports ``orthanc``: wires the plain-Python application into Orthanc.
+
+Everything Orthanc-specific lives here: the REST callback adapter (with the ``SendHttpStatus`` shim),
+the in-process gateway, and the change-event handlers registered through orthanc-server-extensions'
+dispatcher (which owns the single on-change callback). Handlers only record work and return.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from typing import Any
+
+import orthanc
+from orthanc_ext import event_dispatcher
+
+from .http_types import Request, Response
+
+ROOT = "/ai-orchestrator"
+log = logging.getLogger("ai_orchestrator")
+
+
+class InProcessGateway:
+    """The OrthancGateway over ``orthanc.RestApi*`` calls: no HTTP, no authentication, no copies through a socket."""
+
+    def get_json(self, uri: str) -> Any:
+        return json.loads(orthanc.RestApiGet(uri))
+
+    def get_instance_dicom(self, instance_id: str) -> bytes:
+        return orthanc.GetDicomForInstance(instance_id)
+
+    def post_json(self, uri: str, body: Any) -> Any:
+        answer = orthanc.RestApiPost(uri, json.dumps(body))
+        return json.loads(answer) if answer else None
+
+    def post_instance(self, dicom: bytes) -> dict:
+        return json.loads(orthanc.RestApiPost("/instances", dicom))
+
+    def delete(self, uri: str) -> None:
+        orthanc.RestApiDelete(uri)
+
+
+def _send_http_status(output: Any, status: int, body: bytes) -> None:
+    """Plugin 4.0 takes (status, str body, byte size); 4.2+ takes (status, bytes body)."""
+    if not body:
+        output.SendHttpStatusCode(status)
+        return
+    try:
+        output.SendHttpStatus(status, body.decode("utf-8"), len(body))
+    except TypeError:
+        output.SendHttpStatus(status, body)
+
+
+def _write(output: Any, response: Response) -> None:
+    content_type = response.headers.get("Content-Type", "application/json")
+    for name, value in response.headers.items():
+        if name != "Content-Type" or response.status != 200:
+            output.SetHttpHeader(name, value)
+    if response.status == 200:
+        output.AnswerBuffer(response.body, content_type)
+    elif response.status == 405:
+        output.SendMethodNotAllowed(response.headers.get("Allow", "GET"))
+    else:
+        _send_http_status(output, response.status, response.body)
+
+
+def _to_request(uri: str, request: dict) -> Request:
+    headers = {name.lower(): value for name, value in request.get("headers", {}).items()}
+    host = headers.get("host", "localhost")
+    body = request.get("body", b"")
+    return Request(
+        method=request["method"],
+        path=uri[len(ROOT):] or "/",
+        query=request.get("get", {}),
+        headers=headers,
+        body=body.encode() if isinstance(body, str) else body,
+        base_url=f"http://{host}{ROOT}",
+    )
+
+
+def _route_to(handle) -> Any:
+    def on_rest(output: Any, uri: str, **request: Any) -> None:
+        try:
+            response = handle(_to_request(uri, request))
+        except Exception as error:  # the plugin must never take Orthanc down
+            log.exception("unhandled error on %s %s", request.get("method"), uri)
+            response = Response.error(500, f"internal error: {error}")
+        _write(output, response)
+
+    return on_rest
+
+
+def _start_failed(error: BaseException) -> None:
+    """Log the cause once, loudly, and answer every plugin route with 503 and that cause."""
+    message = f"AI orchestrator failed to start: {error}"
+    orthanc.LogError(message + "\n" + traceback.format_exc())
+    orthanc.RegisterRestCallback(ROOT + "(/.*)?", _route_to(lambda _request: Response.error(503, message)))
+
+
+def start() -> None:
+    from .app import Orchestrator  # imported here so that an import error is reported like any startup error
+    from .config import Settings
+
+    try:
+        orthanc_config = json.loads(orthanc.GetConfiguration())
+        # Orthanc's own REST API is not callable during plugin initialisation: ask for the version later.
+        app = Orchestrator(Settings.from_orthanc(orthanc_config), InProcessGateway(),
+                           orthanc_version=lambda: json.loads(orthanc.RestApiGet("/system")).get("Version"))
+    except Exception as error:
+        _start_failed(error)
+        return
+
+    orthanc.RegisterRestCallback(ROOT + "(/.*)?", _route_to(app.handle))
+    change = orthanc.ChangeType
+    event_dispatcher.register_event_handlers(
+        {
+            change.STABLE_STUDY: lambda event, _client: app.on_stable_study(event.resource_id),
+            change.DELETED: lambda event, _client: (
+                app.on_deleted_study(event.resource_id)
+                if event.resource_type == orthanc.ResourceType.STUDY else None),
+            change.ORTHANC_STARTED: lambda _event, _client: app.start_background(),
+            change.ORTHANC_STOPPED: lambda _event, _client: app.stop(),
+        },
+        orthanc,
+        event_dispatcher.create_session(orthanc),
+    )
+    orthanc.LogWarning(f"AI orchestrator ready: {app.describe_startup()}")
