@@ -1,0 +1,24 @@
+# Two commands on a fresh Debian bookworm machine: `make run` and `make test`. Both install what is missing first.
+VENV ?= $(CURDIR)/.venv
+PYTHON := $(VENV)/bin/python
+export VENV
+
+.PHONY: install install-test run test test-unit demo bench
+
+install:
+	scripts/install.sh
+
+install-test:
+	WITH_TESTS=1 scripts/install.sh
+
+run: install
+	scripts/run-orthanc.sh
+
+test: install-test
+	$(PYTHON) -m pytest -ra
+
+test-unit: install-test
+	$(PYTHON) -m pytest -ra tests/unit
+
+bench: install-test
+	$(PYTHON) bench/workitems.py
