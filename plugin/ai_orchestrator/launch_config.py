@@ -53,7 +53,8 @@ def build(base: dict, environ: Mapping[str, str], repo_dir: Path) -> dict:
     plugin = config.setdefault("AiOrchestrator", {})
     plugin["DataDirectory"] = str(data_dir)
     plugin["EventsPort"] = _port(environ, "AI_ORCHESTRATOR_WS_PORT", plugin.get("EventsPort", 8765))
-    plugin.setdefault("PublicUrl", f"http://localhost:{http_port}")
+    plugin["PublicUrl"] = environ.get("AI_ORCHESTRATOR_PUBLIC_URL") or plugin.get(
+        "PublicUrl", f"http://localhost:{http_port}")
     if environ.get("AI_ORCHESTRATOR_MODELS_DIR"):
         plugin["ModelsDirectory"] = str(Path(environ["AI_ORCHESTRATOR_MODELS_DIR"]).resolve())
     else:
