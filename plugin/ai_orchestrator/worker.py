@@ -1,0 +1,234 @@
+"""The in-process Task Performer: claims workitems of local models, runs them, completes or cancels them.
+
+It goes through the same WorkitemService (and so the same state machine) as any external engine. A loader
+thread claims, fetches and decodes the next study on the CPU while the single model thread, which owns the
+GPU, runs the current one; a bounded queue between them keeps at most one study waiting in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+import torch
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from .claims import Claim, ClaimLedger
+from .inputs import fetch_series, input_series
+from .performed import CANCEL_REQUESTED_REASON, canceled_attributes, completed_attributes
+from .timing import StageTimer
+from .ups.constants import IN_PROGRESS
+from .ups.errors import UPSError
+
+log = logging.getLogger("ai_orchestrator.worker")
+AlgorithmCode = tuple[str, str]  # (CodeValue, CodingSchemeDesignator)
+
+
+class CancelRequested(Exception):
+    """A cancel request arrived for the workitem being run."""
+
+
+@dataclass
+class Job:
+    claim: Claim
+    workitem: dict
+    model: Any  # registry.ModelSpec
+    started: datetime
+    timer: StageTimer = field(default_factory=StageTimer)
+    volume: Any = None
+
+
+class RunContext:
+    """Handed to ``model.predict``: stage timing, progress reports and cancel checkpoints."""
+
+    def __init__(self, worker: "InferenceWorker", job: Job):
+        self._worker, self._job = worker, job
+        self.timer = job.timer
+        self.stage = job.timer.stage
+
+    def progress(self, percent: float, description: str) -> None:
+        self._worker.report(self._job, percent, description)
+
+    def checkpoint(self) -> None:
+        self._worker.checkpoint(self._job)
+
+
+def _algorithm_code(workitem: dict) -> AlgorithmCode | None:
+    codes = Dataset.from_json(workitem).get("ScheduledWorkitemCodeSequence") or []
+    return (str(codes[0].CodeValue), str(codes[0].CodingSchemeDesignator)) if codes else None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class InferenceWorker:
+    def __init__(self, service, gateway, models: Mapping[AlgorithmCode, Any], ledger: ClaimLedger,
+                 device: torch.device, publish: Callable[[Job, Any], list], *, max_attempts: int = 3,
+                 loaders: int = 1, idle_poll_s: float = 2.0, backoff_s: float = 2.0):
+        self.service, self.gateway, self.models, self.ledger = service, gateway, dict(models), ledger
+        self.device, self.publish = device, publish
+        self.max_attempts, self.loaders, self.idle_poll_s, self.backoff_s = max_attempts, loaders, idle_poll_s, backoff_s
+        self._ready: queue.Queue[Job] = queue.Queue(maxsize=1)
+        self._retry: queue.Queue[tuple[float, Claim]] = queue.Queue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.completed_runs: list[dict] = []  # stage timings of the last runs, newest last (bounded)
+
+    # lifecycle
+    def start(self) -> None:
+        if not self.models or self._threads:
+            return
+        self.recover()
+        self._threads = [threading.Thread(target=self._loader_loop, name=f"ai-loader-{n}", daemon=True)
+                         for n in range(self.loaders)]
+        self._threads.append(threading.Thread(target=self._model_loop, name="ai-model", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def wake(self) -> None:
+        """New work may be there: claim now rather than at the next poll."""
+        self._wake.set()
+
+    def recover(self) -> None:
+        """Re-run what this performer held IN PROGRESS when it stopped; forget what ended meanwhile."""
+        for claim in self.ledger.all():
+            try:
+                state = self.service.retrieve(claim.uid).get("00741000", {}).get("Value", [None])[0]
+            except UPSError:
+                state = None
+            if state == IN_PROGRESS:
+                log.warning("recovering workitem %s held before the restart", claim.uid)
+                self._retry.put((0.0, claim))
+            else:
+                self.ledger.release(claim.uid)
+
+    # loader: claim + fetch + decode
+    def _next_claim(self) -> Claim | None:
+        try:
+            due, claim = self._retry.get_nowait()
+        except queue.Empty:
+            pass
+        else:
+            if due <= time.monotonic():
+                return claim
+            self._retry.put((due, claim))
+        transaction_uid = generate_uid()
+        uid = self.service.claim_next(transaction_uid, algorithm_codes=list(self.models))
+        if uid is None:
+            return None
+        self.ledger.record(uid, transaction_uid)
+        return Claim(uid, transaction_uid, 0)
+
+    def _loader_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                claim = self._next_claim()
+            except Exception:
+                log.exception("claiming failed")
+                claim = None
+            if claim is None:
+                self._wake.wait(self.idle_poll_s)
+                self._wake.clear()
+                continue
+            job = self._load(claim)
+            if job is not None:
+                while not self._stop.is_set():
+                    try:
+                        self._ready.put(job, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+
+    def _load(self, claim: Claim) -> Job | None:
+        job = None
+        try:
+            workitem = self.service.retrieve(claim.uid)
+            model = self.models[_algorithm_code(workitem)]
+            job = Job(claim, workitem, model, _now())
+            attempt = self.ledger.count_attempt(claim.uid)
+            self.report(job, 0, f"attempt {attempt} of {self.max_attempts}: loading inputs")
+            series = input_series(workitem)
+            if not series:
+                raise ValueError("the workitem has no Input Information Sequence")
+            datasets = fetch_series(self.gateway, series[0], job.timer)
+            self.checkpoint(job)
+            with job.timer.stage("decode"):
+                job.volume = model.prepare(datasets)
+            return job
+        except Exception as error:
+            self._failed(job, claim, error)
+            return None
+
+    # model thread: predict + encode + store + complete
+    def _model_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._ready.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.report(job, 30, f"running {job.model.name} {job.model.version} on {self.device}")
+                result = job.model.predict(job.volume, self.device, RunContext(self, job))
+                self.checkpoint(job)
+                self.report(job, 80, "writing result series")
+                outputs = self.publish(job, result)
+                self._complete(job, outputs)
+            except Exception as error:
+                self._failed(job, job.claim, error)
+            finally:
+                job.volume = None
+
+    def _complete(self, job: Job, outputs: list) -> None:
+        code = Dataset.from_json(job.workitem).ScheduledWorkitemCodeSequence[0]
+        algorithm = (str(code.CodeValue), str(code.CodingSchemeDesignator), str(code.CodeMeaning))
+        self.service.change_state(job.claim.uid, "COMPLETED", job.claim.transaction_uid,
+                                  completed_attributes(job.started, _now(), algorithm, outputs))
+        self.ledger.release(job.claim.uid)
+        self.completed_runs = (self.completed_runs + [{"uid": job.claim.uid, **job.timer.as_dict()}])[-50:]
+        log.info("completed %s (%s) in %s", job.claim.uid, job.model.name, job.timer.as_dict())
+
+    # progress, cancel, failure
+    def report(self, job: Job, percent: float, description: str) -> None:
+        try:
+            self.service.report_progress(job.claim.uid, job.claim.transaction_uid, percent, description)
+        except UPSError as error:
+            log.warning("progress of %s not recorded: %s", job.claim.uid, error)
+
+    def checkpoint(self, job: Job) -> None:
+        if self.service.is_cancel_requested(job.claim.uid):
+            raise CancelRequested("canceled on request while running")
+
+    def _failed(self, job: Job | None, claim: Claim, error: Exception) -> None:
+        if isinstance(error, CancelRequested):
+            self._cancel(claim, str(error), CANCEL_REQUESTED_REASON)
+            return
+        attempts = (self.ledger.get(claim.uid) or claim).attempts
+        log.warning("workitem %s failed (attempt %d of %d): %s", claim.uid, attempts, self.max_attempts, error,
+                    exc_info=not isinstance(error, (ValueError, LookupError)))
+        if attempts < self.max_attempts and not self._stop.is_set():
+            self._retry.put((time.monotonic() + self.backoff_s * 2 ** (attempts - 1), claim))
+            self._wake.set()
+            return
+        self._cancel(claim, f"failed after {attempts} attempt(s): {type(error).__name__}: {error}")
+
+    def _cancel(self, claim: Claim, reason: str, code=None) -> None:
+        try:
+            extra = canceled_attributes(_now(), reason, code) if code else canceled_attributes(_now(), reason)
+            self.service.change_state(claim.uid, "CANCELED", claim.transaction_uid, extra)
+        except UPSError as error:
+            log.error("could not cancel %s: %s", claim.uid, error)
+        self.ledger.release(claim.uid)
