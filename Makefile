@@ -22,3 +22,6 @@ test-unit: install-test
 
 bench: install-test
 	$(PYTHON) bench/workitems.py
+
+demo:
+	PYTHONPATH=plugin $(PYTHON) scripts/demo.py
