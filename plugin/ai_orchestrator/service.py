@@ -1,0 +1,311 @@
+"""Workitem business operations: the UPS rules (``ups``) applied to the store, one transaction each.
+
+Every operation that changes a workitem reads it, decides and writes inside one ``BEGIN IMMEDIATE``
+transaction, so a failed call changes nothing and two concurrent claims cannot both win. Listeners are
+told after the commit.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Collection, Mapping
+
+from pydicom import Dataset
+from pydicom.uid import UID, generate_uid
+
+from .store import StoreTransaction, WorkitemRow, WorkitemStore
+from .ups import criteria, search as ups_search, state_machine
+from .ups.attributes import cancel_details, code_item, fill_cancellation, merge, set_progress, stamp
+from .ups.constants import CANCELED, FINAL_STATES, IN_PROGRESS, READY, SCHEDULED, STATES, Status, Warnings
+from .ups.dicom_json import from_json, text_value, to_json
+from .ups.errors import UPSError, bad_request, conflict, gone, not_found
+from .ups.notifications import EventType, Listener, Listeners, WorkitemEvent
+from .ups.validation import check_final_requirements, validate_create, validate_update
+
+Clock = Callable[[], datetime]
+DatasetLike = Mapping | Dataset
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    """Sortable UTC text for the created/modified columns (naive datetimes are taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _as_dataset(data: DatasetLike | None) -> Dataset:
+    if data is None:
+        return Dataset()
+    if isinstance(data, Dataset):
+        return copy.deepcopy(data)
+    return from_json(dict(data))
+
+
+def _pop(ds: Dataset, keyword: str) -> str | None:
+    value = text_value(ds, keyword)
+    if keyword in ds:
+        del ds[keyword]
+    return value
+
+
+def _absent(source: WorkitemStore | StoreTransaction, uid: str) -> UPSError:
+    """404 for a UID never seen, 410 for a purged one."""
+    return gone(uid) if source.is_purged(uid) else not_found(uid)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    uid: str
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    items: list[dict]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Change:
+    """What a decision did to a workitem read inside a transaction."""
+
+    dataset_changed: bool = False          # stamp and write the dataset
+    row_changed: bool = False              # only the TUID / cancel request changed
+    events: tuple[EventType, ...] = ()
+    warnings: list[str] = field(default_factory=list)
+    details: dict | None = None
+
+
+Decision = Callable[[WorkitemRow, Dataset, datetime], _Change]
+
+
+class WorkitemService:
+    def __init__(self, store: WorkitemStore, clock: Clock = utc_now) -> None:
+        self._store = store
+        self._clock = clock
+        self._listeners = Listeners()
+
+    def add_listener(self, callback: Listener) -> None:
+        """``callback(event)`` after each commit: created, state changed, progress, cancel requested."""
+        self._listeners.add(callback)
+
+    # -- UPS-RS transactions --------------------------------------------------------------------------
+    def create(self, dataset: DatasetLike, uid: str | None = None) -> Outcome:
+        ds = _as_dataset(dataset)
+        uid = self._new_uid(ds, uid)
+        modified = validate_create(ds)
+        _pop(ds, "TransactionUID")  # empty (validated); the lock is never stored with the dataset
+        ds.SOPInstanceUID = uid
+        now = self._clock()
+        stamp(ds, now)
+        row = WorkitemRow(uid, to_json(ds), SCHEDULED, created_at=_iso(now), modified_at=_iso(now))
+        with self._store.transaction() as tx:
+            if tx.get(uid) is not None or tx.is_purged(uid):
+                raise conflict(f"Workitem {uid} already exists", Status.DUPLICATE_INSTANCE)
+            tx.insert(row)
+        self._listeners.emit([WorkitemEvent(EventType.CREATED, uid, row.dataset)])
+        return Outcome(uid, [Warnings.CREATED_WITH_MODIFICATIONS] if modified else [])
+
+    @staticmethod
+    def _new_uid(ds: Dataset, chosen: str | None) -> str:
+        in_body = text_value(ds, "SOPInstanceUID")
+        if chosen and in_body and chosen != in_body:
+            raise bad_request(f"The workitem UID {chosen} in the request differs from (0008,0018) "
+                              f"SOPInstanceUID {in_body} in the dataset")
+        uid = chosen or in_body or generate_uid()
+        if not UID(uid).is_valid:
+            raise bad_request(f"(0008,0018) SOPInstanceUID {uid!r} is not a valid UID")
+        return uid
+
+    def retrieve(self, uid: str) -> dict:
+        row = self._store.get(uid)
+        if row is None:
+            raise _absent(self._store, uid)
+        return row.dataset
+
+    def update(self, uid: str, dataset: DatasetLike, transaction_uid: str | None) -> Outcome:
+        changes = _as_dataset(dataset)
+        transaction_uid = _pop(changes, "TransactionUID") or transaction_uid
+
+        def decide(row: WorkitemRow, ds: Dataset, now: datetime) -> _Change:
+            state_machine.check_update(uid, row.state, transaction_uid, row.transaction_uid)
+            return self._merge(uid, ds, changes)
+
+        return Outcome(uid, self._run(uid, decide).warnings)
+
+    @staticmethod
+    def _merge(uid: str, ds: Dataset, changes: Dataset) -> _Change:
+        validate_update(changes, uid)
+        readiness = text_value(ds, "InputReadinessState")
+        merge(ds, changes)
+        readiness_changed = text_value(ds, "InputReadinessState") != readiness
+        return _Change(dataset_changed=True, events=(EventType.STATE_CHANGED,) if readiness_changed else ())
+
+    def change_state(self, uid: str, state: str, transaction_uid: str | None,
+                     dataset: DatasetLike | None = None) -> Outcome:
+        extra = _as_dataset(dataset)
+        for keyword in ("ProcedureStepState", "TransactionUID"):
+            _pop(extra, keyword)
+        return Outcome(uid, self._run(uid, self._transition(uid, state, transaction_uid, extra)).warnings)
+
+    def _transition(self, uid: str, state: str, tuid: str | None, extra: Dataset) -> Decision:
+        def decide(row: WorkitemRow, ds: Dataset, now: datetime) -> _Change:
+            transition = state_machine.change_state(uid, row.state, state, tuid, row.transaction_uid)
+            if not transition.changes:
+                return _Change(warnings=[transition.warning] if transition.warning else [])
+            if len(extra):
+                self._merge(uid, ds, extra)
+            if transition.target == IN_PROGRESS:
+                row.transaction_uid = tuid
+            if transition.target == CANCELED:
+                fill_cancellation(ds, now, _as_dataset(row.cancel_request))
+            return self._enter(uid, ds, transition.target)
+        return decide
+
+    @staticmethod
+    def _enter(uid: str, ds: Dataset, state: str) -> _Change:
+        check_final_requirements(uid, state, ds)
+        ds.ProcedureStepState = state
+        return _Change(dataset_changed=True, events=(EventType.STATE_CHANGED,))
+
+    def request_cancel(self, uid: str, dataset: DatasetLike | None = None) -> Outcome:
+        details = cancel_details(_as_dataset(dataset))
+
+        def decide(row: WorkitemRow, ds: Dataset, now: datetime) -> _Change:
+            action = state_machine.request_cancel(uid, row.state)
+            if action is state_machine.CancelAction.ALREADY_CANCELED:
+                return _Change(warnings=[Warnings.ALREADY_CANCELED])
+            if action is state_machine.CancelAction.CANCEL_NOW:
+                fill_cancellation(ds, now, details)
+                return self._enter(uid, ds, CANCELED)
+            row.cancel_request = to_json(details)
+            return _Change(row_changed=True, events=(EventType.CANCEL_REQUESTED,), details=row.cancel_request)
+
+        return Outcome(uid, self._run(uid, decide).warnings)
+
+    def search(self, query: Mapping[str, str]) -> SearchResult:
+        parsed = ups_search.parse(query)
+        rows, total = self._store.select(parsed.where, parsed.offset, parsed.limit)
+        warnings = list(parsed.warnings)
+        remaining = total - parsed.offset - len(rows)
+        if remaining > 0:
+            warnings.append(Warnings.additional_results(remaining))
+        return SearchResult([ups_search.select_attributes(r.dataset, parsed.return_keys) for r in rows], warnings)
+
+    # -- performer operations (in-process worker, never over REST) ----------------------------------------
+    def claim(self, uid: str, transaction_uid: str) -> bool:
+        """SCHEDULED -> IN PROGRESS under ``transaction_uid``; False when it is not SCHEDULED any more."""
+        try:
+            self.change_state(uid, IN_PROGRESS, transaction_uid)
+        except UPSError as error:
+            if error.http_status == 409:
+                return False
+            raise
+        return True
+
+    def claim_next(self, transaction_uid: str, algorithm_codes: Collection[tuple[str, str]] | None = None,
+                   labels: Collection[str] | None = None) -> str | None:
+        """Claim the best SCHEDULED, READY workitem for these algorithms (HIGH first, then oldest start)."""
+        if not transaction_uid:
+            raise bad_request(Warnings.TUID_MISSING, Status.TRANSACTION_UID_MISMATCH)
+        wanted = [w for w in (None if algorithm_codes is None else criteria.code_in(list(algorithm_codes)),
+                              None if labels is None else criteria.one_of("label", list(labels))) if w]
+        where = criteria.equals("state", SCHEDULED) & criteria.equals("input_readiness", READY)
+        if algorithm_codes is not None or labels is not None:
+            where = where & criteria.any_of(wanted)
+        with self._store.transaction() as tx:
+            uid = tx.first_uid(where, "priority_rank, start_datetime, seq")
+            if uid is None:
+                return None
+            change, row = self._apply(tx, uid, self._transition(uid, IN_PROGRESS, transaction_uid, Dataset()))
+        self._emit(change, row)
+        return uid
+
+    def report_progress(self, uid: str, transaction_uid: str, percent: float | None,
+                        description: str | None) -> None:
+        def decide(row: WorkitemRow, ds: Dataset, now: datetime) -> _Change:
+            state_machine.check_progress(uid, row.state, transaction_uid, row.transaction_uid)
+            set_progress(ds, percent, description)
+            return _Change(dataset_changed=True, events=(EventType.PROGRESS,))
+
+        self._run(uid, decide)
+
+    def is_cancel_requested(self, uid: str) -> bool:
+        return self._store.is_cancel_requested(uid)
+
+    def force_cancel(self, uid: str, reason: str, reason_code: tuple[str, str, str] | None = None) -> bool:
+        """The server cancels a non-final workitem whatever its TUID; False (no-op) when already final."""
+        details = Dataset()
+        details.ReasonForCancellation = reason
+        if reason_code:
+            details.ProcedureStepDiscontinuationReasonCodeSequence = [code_item(reason_code)]
+
+        def decide(row: WorkitemRow, ds: Dataset, now: datetime) -> _Change:
+            if not state_machine.can_force_cancel(row.state):
+                return _Change()
+            fill_cancellation(ds, now, details, override=True)
+            return self._enter(uid, ds, CANCELED)
+
+        return self._run(uid, decide).dataset_changed
+
+    def transaction_uid_of(self, uid: str) -> str | None:
+        """The lock of a workitem, for the in-process performer's own recovery (never over REST)."""
+        return self._store.transaction_uid(uid)
+
+    def in_progress_held_by(self, transaction_uids: Collection[str]) -> list[str]:
+        return self._store.uids(criteria.equals("state", IN_PROGRESS)
+                                & criteria.one_of("transaction_uid", list(transaction_uids)))
+
+    # -- housekeeping and queries ----------------------------------------------------------------------
+    def find(self, study_instance_uid: str | None = None, states: Collection[str] | None = None,
+             algorithm_code: tuple[str, str] | None = None) -> list[dict]:
+        parts = []
+        if study_instance_uid is not None:
+            parts.append(criteria.equals("study_instance_uid", study_instance_uid))
+        if states is not None:
+            parts.append(criteria.one_of("state", list(states)))
+        if algorithm_code is not None:
+            parts.append(criteria.code_in([algorithm_code]))
+        rows, _ = self._store.select(criteria.all_of(parts))
+        return [row.dataset for row in rows]
+
+    def find_stale(self, state: str, modified_before: datetime) -> list[str]:
+        return self._store.uids(criteria.equals("state", state) & criteria.before("modified_at", _iso(modified_before)))
+
+    def purge_final(self, older_than: datetime) -> int:
+        """Delete COMPLETED/CANCELED workitems last changed before ``older_than``; tombstones answer 410."""
+        where = criteria.one_of("state", sorted(FINAL_STATES)) & criteria.before("modified_at", _iso(older_than))
+        with self._store.transaction() as tx:
+            return tx.purge(tx.uids(where), _iso(self._clock()))
+
+    def counts_by_state(self) -> dict[str, int]:
+        return {state: 0 for state in STATES} | self._store.counts_by_state()
+
+    # -- the read-decide-write core ------------------------------------------------------------------
+    def _run(self, uid: str, decide: Decision) -> _Change:
+        with self._store.transaction() as tx:
+            change, row = self._apply(tx, uid, decide)
+        self._emit(change, row)
+        return change
+
+    def _apply(self, tx: StoreTransaction, uid: str, decide: Decision) -> tuple[_Change, WorkitemRow]:
+        row = tx.get(uid)
+        if row is None:
+            raise _absent(tx, uid)
+        ds, now = from_json(row.dataset), self._clock()
+        change = decide(row, ds, now)
+        if change.dataset_changed:
+            stamp(ds, now)
+            row.dataset, row.modified_at = to_json(ds), _iso(now)
+        if change.dataset_changed or change.row_changed:
+            tx.replace(row)
+        return change, row
+
+    def _emit(self, change: _Change, row: WorkitemRow) -> None:
+        self._listeners.emit(WorkitemEvent(t, row.uid, row.dataset, change.details) for t in change.events)
