@@ -354,7 +354,12 @@ class ItemFacts:
     inputs: Inputs
     scheduled_at: str
     replaces: tuple[str, ...] = ()
-    withdrawn: bool = False  # canceled because its study left Orthanc: it does not block new work
+    cancel_reasons: tuple[str, ...] = ()
+
+    @property
+    def withdrawn(self) -> bool:
+        """Canceled because its study left Orthanc: it does not block new work on a re-sent study."""
+        return self.state == CANCELED and STUDY_DELETED_REASON in self.cancel_reasons
 
     @classmethod
     def from_json(cls, item: dict) -> "ItemFacts":
@@ -370,17 +375,17 @@ class ItemFacts:
                     for i in _items(ds, "InputInformationSequence")},
             scheduled_at=_text(ds, "ScheduledProcedureStepStartDateTime"),
             replaces=tuple(_text(r, "ReferencedSOPInstanceUID") for r in _items(ds, "ReplacedProcedureStepSequence")),
-            withdrawn=_text(ds, "ProcedureStepState") == CANCELED and _canceled_because_deleted(ds),
+            cancel_reasons=cancel_reasons(ds),
         )
 
 
-def _canceled_because_deleted(ds: Dataset) -> bool:
+def cancel_reasons(ds: Dataset) -> tuple[str, ...]:
+    """Why the item was canceled: reason texts and discontinuation code meanings of its progress information."""
+    reasons = []
     for progress in _items(ds, "ProcedureStepProgressInformationSequence"):
-        reasons = [_text(progress, "ReasonForCancellation")]
+        reasons.append(_text(progress, "ReasonForCancellation"))
         reasons += [_text(c, "CodeMeaning") for c in _items(progress, "ProcedureStepDiscontinuationReasonCodeSequence")]
-        if STUDY_DELETED_REASON in reasons:
-            return True
-    return False
+    return tuple(reason for reason in reasons if reason)
 
 
 def inputs_of(series: Iterable[SeriesSnapshot]) -> Inputs:

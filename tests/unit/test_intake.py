@@ -42,11 +42,16 @@ def plan(snapshot: StudySnapshot, existing: list[dict]) -> list:
 
 
 class FakeService:
-    """The WorkitemService contract over a dict (swap for the real one where a test needs validation)."""
+    """The WorkitemService contract over a dict; checks creations with the real N-CREATE validation."""
 
     def __init__(self) -> None:
         self.items: dict[str, dict] = {}
+        self.modified: dict[str, datetime] = {}
         self.calls: list[tuple] = []
+        self.now = NOW  # the time of the next change
+
+    def _store(self, uid: str, dataset: dict) -> None:
+        self.items[uid], self.modified[uid] = dataset, self.now
 
     def create(self, dataset: dict, uid: str | None = None):
         uid = uid or dataset["00080018"]["Value"][0]
@@ -54,14 +59,16 @@ class FakeService:
         if uid in self.items:
             raise UPSError(409, "0111", f"Workitem {uid} already exists")
         validate_create(Dataset.from_json(dataset))
-        self.items[uid] = dataset
+        self._store(uid, dataset)
         return type("Outcome", (), {"uid": uid, "warnings": []})()
 
     def update(self, uid: str, dataset: dict, transaction_uid: str | None):
         self.calls.append(("update", uid))
-        self.items[uid] = {**self.items[uid], **dataset}
+        self._store(uid, {**self.items[uid], **dataset})
 
     def retrieve(self, uid: str) -> dict:
+        if uid not in self.items:
+            raise UPSError(410, "C307", f"Workitem {uid} was purged")
         return self.items[uid]
 
     def find(self, study_instance_uid=None, states=None, algorithm_code=None) -> list[dict]:
@@ -70,6 +77,9 @@ class FakeService:
                 and (states is None or f.state in states)
                 and (algorithm_code is None or f.code == tuple(algorithm_code))]
 
+    def state(self, uid: str) -> str:
+        return ItemFacts.from_json(self.items[uid]).state
+
     def set_state(self, uid: str, state: str, reason: str = "") -> None:
         ds = Dataset.from_json(self.items[uid])
         ds.ProcedureStepState = state
@@ -77,14 +87,24 @@ class FakeService:
             progress = Dataset()
             progress.ReasonForCancellation = reason
             ds.ProcedureStepProgressInformationSequence = [progress]
-        self.items[uid] = ds.to_json_dict()
+        self._store(uid, ds.to_json_dict())
 
     def force_cancel(self, uid: str, reason: str, reason_code=None) -> bool:
         self.calls.append(("force_cancel", uid, reason))
-        if ItemFacts.from_json(self.items[uid]).state in (COMPLETED, CANCELED):
+        if self.state(uid) in (COMPLETED, CANCELED):
             return False
         self.set_state(uid, CANCELED, reason)
         return True
+
+    def find_stale(self, state: str, modified_before: datetime) -> list[str]:
+        return [uid for uid in self.items if self.state(uid) == state and self.modified[uid] < modified_before]
+
+    def purge_final(self, older_than: datetime) -> int:
+        doomed = [uid for uid in self.items if self.state(uid) in (COMPLETED, CANCELED)
+                  and self.modified[uid] < older_than]
+        for uid in doomed:
+            del self.items[uid]
+        return len(doomed)
 
 
 # Rules and matching -------------------------------------------------------------------------------------
