@@ -182,6 +182,27 @@ class RuleMatcher:
 
 
 @dataclass(frozen=True)
+class RegistryMatcher:
+    """The model registry as a matcher: each working model that applies becomes an algorithm (its name is the
+    label). ``registry.applicable`` takes series as main tags by keyword plus ``instances``."""
+
+    registry: Any
+    priority: str = "MEDIUM"
+
+    def match(self, snapshot: StudySnapshot) -> list[Match]:
+        inputs = {s.series_instance_uid: s for s in snapshot.series if is_input_series(s)}
+        described = [{**s.main_tags, "SeriesInstanceUID": uid, "SOPClassUID": s.sop_class_uid,
+                      "instances": list(s.sop_instance_uids)} for uid, s in inputs.items()]
+        return [(self._algorithm(model), [inputs[str(series["SeriesInstanceUID"])] for series in matching])
+                for model, matching in self.registry.applicable(described)]
+
+    def _algorithm(self, model: Any) -> Algorithm:
+        code = model.algorithm  # a pydicom Code
+        return Algorithm(code_value=code.value, scheme=code.scheme_designator, meaning=code.meaning,
+                         label=model.name, worklist_label=model.name, priority=self.priority)
+
+
+@dataclass(frozen=True)
 class FirstMatching:
     """The first matcher that claims the study wins: the model registry first, rules for the rest."""
 

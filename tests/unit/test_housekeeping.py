@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 import pytest
 from pydicom import Dataset
@@ -126,3 +126,48 @@ def test_item_gone_or_final_meanwhile_is_not_an_error(status):
     service.force_cancel = refuse
     report = run_housekeeping(service, NOW + 2 * HOUR, HousekeepingSettings(scheduled_max_age_s=60))
     assert report == Report()
+
+
+# Against the real WorkitemService ---------------------------------------------------------------------------
+
+class MovableClock:
+    def __init__(self) -> None:
+        self.now = NOW.replace(tzinfo=timezone.utc)
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def real(tmp_path):
+    from ai_orchestrator.service import WorkitemService
+    from ai_orchestrator.store import WorkitemStore
+
+    clock = MovableClock()
+    with WorkitemStore(tmp_path / "workitems.sqlite") as store:
+        yield WorkitemService(store, clock=clock), clock
+
+
+def test_real_service_lease_expiry_reschedules_and_locks_out_the_lost_performer(real):
+    service, clock = real
+    [uid] = apply(plan(study(series("1.1")), []), service)
+    assert service.claim(uid, "2.25.99")
+    clock.now += 2 * HOUR
+    report = run_housekeeping(service, clock.now, HousekeepingSettings(lease_s=3600, scheduled_max_age_s=60))
+    assert report.lease_expired == [uid] and report.not_started == [] and len(report.replacements) == 1
+    assert ItemFacts.from_json(service.retrieve(uid)).cancel_reasons[0] == LEASE_EXPIRED_REASON
+    new = ItemFacts.from_json(service.retrieve(report.replacements[0]))
+    assert (new.state, new.replaces) == (SCHEDULED, (uid,))
+    assert not service.claim(uid, "2.25.99")  # the late performer cannot take it back
+
+
+def test_real_service_not_started_and_purge(real):
+    service, clock = real
+    [uid] = apply(plan(study(series("1.1")), []), service)
+    clock.now += 2 * HOUR
+    settings = HousekeepingSettings(scheduled_max_age_s=3600, retention_days=1)
+    assert run_housekeeping(service, clock.now, settings).not_started == [uid]
+    assert service.retrieve(uid)  # canceled just now: kept for a day
+    clock.now += timedelta(days=2)
+    assert run_housekeeping(service, clock.now, settings).purged == 1
+    assert service.find() == []

@@ -535,3 +535,88 @@ def test_deleted_event_for_an_unknown_study_is_acknowledged():
     proc, store, service, _gateway, _clock = processor()
     store.enqueue_event("deleted_study", "0000")
     assert proc.process_pending() == 1 and store.events == []
+
+
+# Against the real WorkitemService ---------------------------------------------------------------------------
+
+@pytest.fixture
+def real_store(tmp_path):
+    from ai_orchestrator.store import WorkitemStore
+
+    with WorkitemStore(tmp_path / "workitems.sqlite") as store:
+        yield store
+
+
+@pytest.fixture
+def real_service(real_store):
+    from ai_orchestrator.service import WorkitemService
+
+    return WorkitemService(real_store)
+
+
+def test_real_service_creates_the_built_workitem_without_modification(real_service):
+    [action] = plan(study(series("1.1"), series("1.2")), [])
+    outcome = real_service.create(action.dataset, action.uid)
+    assert (outcome.uid, outcome.warnings) == (action.uid, [])
+    stored = ItemFacts.from_json(real_service.retrieve(action.uid))
+    assert (stored.state, stored.code, set(stored.inputs)) == (SCHEDULED, ("chest-ct", "99ORTHANCAI"), {"1.1", "1.2"})
+
+
+def test_real_service_duplicate_create_is_a_success(real_service):
+    actions = plan(study(series("1.1")), [])
+    assert apply(actions, real_service) == [actions[0].uid]
+    assert apply(actions, real_service) == []
+    assert len(real_service.find(study_instance_uid="1.2.3")) == 1
+
+
+def test_real_service_lifecycle_through_the_event_queue(real_store, real_service):
+    store = real_store
+    first = study(series("1.1"))
+    gateway = FakeGateway(first)
+    proc = IntakeProcessor(store, real_service, gateway, RuleMatcher(), IntakeSettings(BASE), now=lambda: NOW)
+    store.enqueue_event("stable_study", first.orthanc_id)
+    store.enqueue_event("stable_study", first.orthanc_id)
+    assert proc.process_pending() == 2 and store.pending_events() == []
+    [uid] = [ItemFacts.from_json(i).uid for i in real_service.find(study_instance_uid="1.2.3")]
+
+    grown = study(series("1.1"), series("1.2"))  # a late series while SCHEDULED: same item, more inputs
+    gateway.studies[grown.orthanc_id] = grown
+    store.enqueue_event("stable_study", grown.orthanc_id)
+    assert proc.process_pending() == 1
+    assert set(ItemFacts.from_json(real_service.retrieve(uid)).inputs) == {"1.1", "1.2"}
+
+    store.enqueue_event("deleted_study", grown.orthanc_id)  # deleted: canceled, reason recorded
+    del gateway.studies[grown.orthanc_id]
+    assert proc.process_pending() == 1
+    assert ItemFacts.from_json(real_service.retrieve(uid)).withdrawn
+
+    gateway.studies[grown.orthanc_id] = grown  # re-sent: the work is scheduled again
+    store.enqueue_event("stable_study", grown.orthanc_id)
+    assert proc.process_pending() == 1
+    [again] = [f for f in map(ItemFacts.from_json, real_service.find(study_instance_uid="1.2.3")) if f.uid != uid]
+    assert (again.state, again.replaces) == (SCHEDULED, (uid,))
+
+
+def test_registry_matcher_turns_models_into_algorithms():
+    from pydicom.sr.coding import Code
+
+    from ai_orchestrator.intake import RegistryMatcher
+
+    class Model:
+        name, algorithm = "lung-volume", Code("LV1", "99TEST", "Lung volume")
+
+    class Registry:
+        def __init__(self):
+            self.seen = []
+
+        def applicable(self, described):
+            self.seen = described
+            return [(Model, [s for s in described if s["Modality"] == "CT"])]
+
+    registry = Registry()
+    own = series("1.9", modality="CT", manufacturer="Orthanc AI Orchestrator")
+    [(algorithm, group)] = RegistryMatcher(registry).match(study(series("1.1"), series("1.3", modality="MR"), own))
+    assert (algorithm.code, algorithm.label, algorithm.meaning) == (("LV1", "99TEST"), "lung-volume", "Lung volume")
+    assert [s.series_instance_uid for s in group] == ["1.1"]
+    assert [s["SeriesInstanceUID"] for s in registry.seen] == ["1.1", "1.3"]  # own results never offered
+    assert registry.seen[0]["instances"] == ["1.1.1", "1.1.2"]
