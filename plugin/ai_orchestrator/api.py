@@ -1,0 +1,127 @@
+"""REST adapter for UPS-RS under ``/workitems``: Request in, Response out; the rules live in the service.
+
+Retrieve answers a JSON array holding the one dataset, as dcm4chee-arc does: the DICOM JSON model
+(PS3.18 Annex F) is an array of datasets, and clients that accept either form parse it. Search also
+answers an array (``[]`` when nothing matches).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Mapping
+
+from pydicom.uid import UID
+
+from .http_types import DICOM_JSON, Request, Response
+from .service import Outcome, WorkitemService
+from .ups.constants import Status
+from .ups.dicom_json import parse_payload, text_value
+from .ups.errors import UPSError, bad_request
+
+log = logging.getLogger(__name__)
+
+_TUID_QUERY_NAMES = ("transaction-uid", "transaction")
+_UID_QUERY_NAMES = ("workitem", "affectedsopinstanceuid")
+
+Handler = Callable[[Request, list[str]], Response]
+
+
+class WorkitemsApi:
+    def __init__(self, service: WorkitemService, service_name: str = "ai-orchestrator") -> None:
+        self._service = service
+        self._service_name = service_name
+        # (path shape) -> {method: handler}; shape: segment count after "workitems" and the last literal
+        self._routes: dict[tuple[int, str | None], dict[str, Handler]] = {
+            (0, None): {"GET": self._search, "POST": self._create},
+            (1, None): {"GET": self._retrieve, "POST": self._update, "PUT": self._update},
+            (2, "state"): {"PUT": self._change_state},
+            (2, "cancelrequest"): {"POST": self._request_cancel},
+        }
+
+    def handle(self, request: Request) -> Response:
+        """Answer one request; never raises (unexpected failures are a 500 naming the exception)."""
+        try:
+            return self._dispatch(request)
+        except UPSError as error:
+            return self._error(error.http_status, error.message, error.dicom_status)
+        except Exception as error:  # the HTTP thread must get an answer whatever happens
+            log.exception("%s %s failed", request.method, request.path)
+            return self._error(500, f"Internal error: {type(error).__name__}: {error}", Status.PROCESSING_FAILURE)
+
+    def _dispatch(self, request: Request) -> Response:
+        segments = [s for s in request.path.split("/") if s]
+        if not segments or segments[0] != "workitems":
+            return self._error(404, f"No such resource: {request.path}")
+        args = segments[1:]
+        if len(args) >= 2 and args[1] == "subscribers":
+            return self._error(501, "UPS-RS subscriptions (/subscribers) are not implemented yet")
+        methods = self._routes.get((len(args), args[1] if len(args) == 2 else None))
+        if methods is None:
+            return self._error(404, f"No such resource: {request.path}")
+        handler = methods.get(request.method.upper())
+        if handler is None:
+            allow = ", ".join(sorted(methods))
+            response = self._error(405, f"{request.method} is not allowed on {request.path}; use {allow}")
+            response.headers["Allow"] = allow
+            return response
+        return handler(request, args)
+
+    # -- transactions --------------------------------------------------------------------------------
+    def _create(self, request: Request, args: list[str]) -> Response:
+        outcome = self._service.create(parse_payload(request.body), _uid_from_query(request.query))
+        location = f"{request.base_url.rstrip('/')}/workitems/{outcome.uid}"
+        return self._with_warnings(Response(201, {"Location": location}), outcome.warnings)
+
+    def _retrieve(self, request: Request, args: list[str]) -> Response:
+        return Response.json([self._service.retrieve(args[0])], content_type=DICOM_JSON)
+
+    def _update(self, request: Request, args: list[str]) -> Response:
+        tuid = _query_value(request.query, _TUID_QUERY_NAMES)
+        return self._ok(200, self._service.update(args[0], parse_payload(request.body), tuid))
+
+    def _change_state(self, request: Request, args: list[str]) -> Response:
+        ds = parse_payload(request.body)
+        state = text_value(ds, "ProcedureStepState")
+        if state is None:
+            raise bad_request("(0074,1000) ProcedureStepState is required in the request", Status.MISSING_ATTRIBUTE)
+        outcome = self._service.change_state(args[0], state, text_value(ds, "TransactionUID"), ds)
+        return self._ok(200, outcome)
+
+    def _request_cancel(self, request: Request, args: list[str]) -> Response:
+        dataset = parse_payload(request.body) if request.body.strip() else None
+        return self._ok(202, self._service.request_cancel(args[0], dataset))
+
+    def _search(self, request: Request, args: list[str]) -> Response:
+        result = self._service.search(request.query)
+        return self._with_warnings(Response.json(result.items, content_type=DICOM_JSON), result.warnings)
+
+    # -- responses -----------------------------------------------------------------------------------
+    def _ok(self, status: int, outcome: Outcome) -> Response:
+        return self._with_warnings(Response(status), outcome.warnings)
+
+    def _error(self, status: int, message: str, dicom_status: str | None = None) -> Response:
+        return self._with_warnings(Response.error(status, message, dicom_status), [message])
+
+    def _with_warnings(self, response: Response, warnings: list[str]) -> Response:
+        """``Warning: 299 {service}: {text}``, several joined with ", " in one header."""
+        if warnings:
+            text = ", ".join(f"299 {self._service_name}: {w}" for w in warnings)
+            response.headers["Warning"] = " ".join(text.encode("ascii", "replace").decode().split())
+        return response
+
+
+def _query_value(query: Mapping[str, str], names: tuple[str, ...]) -> str | None:
+    """The first non-empty value among query names (matched case-insensitively)."""
+    for key, value in query.items():
+        if key.lower() in names and value.strip():
+            return value.strip()
+    return None
+
+
+def _uid_from_query(query: Mapping[str, str]) -> str | None:
+    """The workitem UID chosen in the query: ?workitem=, ?AffectedSOPInstanceUID= or a bare ?{uid}."""
+    chosen = {v.strip() for k, v in query.items() if k.lower() in _UID_QUERY_NAMES and v.strip()}
+    chosen |= {k.strip() for k, v in query.items() if not v and UID(k.strip()).is_valid}
+    if len(chosen) > 1:
+        raise bad_request(f"The query names several workitem UIDs: {', '.join(sorted(chosen))}")
+    return chosen.pop() if chosen else None
