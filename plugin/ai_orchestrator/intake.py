@@ -216,6 +216,12 @@ class FirstMatching:
         return []
 
 
+def default_matcher(rules: Iterable[Mapping[str, Any]] = (), registry: Any = None) -> Matcher:
+    """Registry models first; the configured rules (or the default rule) for studies no model claims."""
+    by_rules = RuleMatcher(rules_from_config(rules))
+    return FirstMatching((RegistryMatcher(registry), by_rules)) if registry is not None else by_rules
+
+
 # 2. Workitem content --------------------------------------------------------------------------------------
 
 # Namespace of the name-based (version 5) UUIDs behind workitem UIDs.
@@ -547,6 +553,7 @@ class IntakeSettings:
     dicomweb_base: str  # e.g. http://localhost:8042/dicom-web: the base of each input's RetrieveURL
     retry_initial_s: float = 5.0  # first wait after a failure or a deferral; doubles per attempt
     retry_max_s: float = 600.0
+    queue_window: int = 1000  # events read per pass: more than can be waiting on retries at once
 
     @classmethod
     def from_settings(cls, settings: Any) -> "IntakeSettings":
@@ -588,7 +595,7 @@ class IntakeProcessor:
     """Drains the durable event queue: each event is acknowledged only once fully handled.
 
     Events of one resource are handled in order; a failing or deferred event waits (exponential backoff) and
-    holds back later events of its resource only, never the whole queue.
+    holds back later events of its resource only, never the whole queue. One thread drains it.
     """
 
     store: Any
@@ -602,7 +609,7 @@ class IntakeProcessor:
 
     def process_pending(self) -> int:
         """Handle what is due; answers how many events were acknowledged."""
-        events = [_event_fields(event) for event in self.store.pending_events()]
+        events = [_event_fields(event) for event in self.store.pending_events(limit=self.config.queue_window)]
         redundant, held, acked = _superseded_events(events), set(), 0
         for event_id, kind, resource_id in events:
             if resource_id in held:

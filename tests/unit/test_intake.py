@@ -12,7 +12,7 @@ from pydicom.uid import UID
 
 from ai_orchestrator.intake import (
     Algorithm, Create, Defer, FirstMatching, IntakeProcessor, IntakeSettings, ItemFacts, Replace, Rule,
-    RuleMatcher, STUDY_DELETED_REASON, UpdateInputs, apply, build_workitem, is_input_series, plan_study,
+    RegistryMatcher, RuleMatcher, STUDY_DELETED_REASON, default_matcher, UpdateInputs, apply, build_workitem, is_input_series, plan_study,
     replacement_of, rules_from_config, short_code, workitem_uid)
 from ai_orchestrator.study import SeriesSnapshot, StudySnapshot, orthanc_id_of_study
 from ai_orchestrator.ups.constants import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED, UPS_PUSH_SOP_CLASS_UID
@@ -148,6 +148,17 @@ def test_configured_rules_first_match_wins():
 
 def test_no_configured_rules_means_the_default_rule():
     assert rules_from_config([]) == (Rule(),)
+    assert default_matcher([]) == RuleMatcher((Rule(),))
+
+
+def test_default_matcher_puts_the_registry_first():
+    class NoModels:
+        def applicable(self, described):
+            return []
+
+    matcher = default_matcher([{"Modality": "CT", "LabelTemplate": "ct-any"}], registry=NoModels())
+    assert isinstance(matcher, FirstMatching) and isinstance(matcher.matchers[0], RegistryMatcher)
+    assert [a.label for a, _ in matcher.match(study(series("1.1")))] == ["ct-any"]
 
 
 @pytest.mark.parametrize("entry", [{"Priority": "URGENT"}, {"Modality": "("}, {"LabelTemplate": "{nope}"},
@@ -377,8 +388,8 @@ class FakeStore:
         self.events.append((event_id, kind, resource_id, "t"))
         return event_id
 
-    def pending_events(self):
-        return list(self.events)
+    def pending_events(self, limit: int = 100):
+        return list(self.events[:limit])
 
     def ack_event(self, event_id: int) -> None:
         self.events = [e for e in self.events if e[0] != event_id]
@@ -599,8 +610,6 @@ def test_real_service_lifecycle_through_the_event_queue(real_store, real_service
 
 def test_registry_matcher_turns_models_into_algorithms():
     from pydicom.sr.coding import Code
-
-    from ai_orchestrator.intake import RegistryMatcher
 
     class Model:
         name, algorithm = "lung-volume", Code("LV1", "99TEST", "Lung volume")
