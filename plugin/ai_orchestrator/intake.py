@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 from pydicom import Dataset
 from pydicom.uid import UID
 
+from .results import is_own_result  # our own series are never inputs: that would loop
 from .study import SeriesSnapshot, StudySnapshot, orthanc_id_of_study, read_study
 from .ups.constants import (CANCELED, FINAL_STATES, IN_PROGRESS, PRIORITIES, READY, SCHEDULED,
                             UPS_PUSH_SOP_CLASS_UID)
@@ -36,7 +37,6 @@ from .ups.errors import UPSError
 
 log = logging.getLogger("ai_orchestrator.intake")
 
-OWN_MANUFACTURER = "Orthanc AI Orchestrator"
 STUDY_DELETED_REASON = "study deleted from Orthanc"
 PRIVATE_SCHEME = "99ORTHANCAI"  # "99" prefix: a private coding scheme (PS3.16 §8.2)
 
@@ -78,12 +78,6 @@ Match = tuple[Algorithm, list[SeriesSnapshot]]
 class Matcher(Protocol):
     def match(self, snapshot: StudySnapshot) -> list[Match]:
         """The algorithms that apply to the study, each with its input series (never empty)."""
-
-
-def is_own_result(series_main_tags: Mapping[str, Any]) -> bool:
-    """A series this plugin wrote itself (never an input: that would loop)."""
-    # TODO: import results.is_own_result once results.py exists; it owns this rule.
-    return str(series_main_tags.get("Manufacturer", "")).strip() == OWN_MANUFACTURER
 
 
 def is_image_sop_class(sop_class_uid: str) -> bool:
