@@ -103,16 +103,17 @@ RULE_CONFIG_KEYS = MappingProxyType({
 class Rule:
     """Series whose Modality and BodyPartExamined match the regexes (case-insensitive, whole value) go to the
     algorithm the templates name. Templates see ``{modality}``/``{bodypart}`` (lower case, ``unknown`` when
-    empty) and their upper-case twins; series with the same formatted label form one workitem."""
+    empty) and their upper-case twins; series with the same formatted label form one workitem. Code value,
+    meaning and worklist label default to the label (a code value longer than 16 characters is shortened)."""
 
     label_template: str = "{bodypart}-{modality}-pipeline"
     modality: str = ".*"
     bodypart: str = ".*"
     priority: str = "MEDIUM"
-    code_value: str = "{bodypart}-{modality}"
+    code_value: str | None = None
     scheme: str = PRIVATE_SCHEME
-    meaning: str = "{bodypart}-{modality}-pipeline"
-    worklist_label: str | None = None  # None: the label
+    meaning: str | None = None
+    worklist_label: str | None = None
 
     @classmethod
     def from_config(cls, entry: Mapping[str, Any]) -> "Rule":
@@ -124,7 +125,8 @@ class Rule:
         if rule.priority not in PRIORITIES:
             raise ValueError(f"rule priority {rule.priority!r} is not one of {PRIORITIES}")
         try:
-            re.compile(rule.modality), re.compile(rule.bodypart)
+            re.compile(rule.modality)
+            re.compile(rule.bodypart)
             rule.algorithm_for(SeriesSnapshot("", "", {}, "", ()))
         except (re.error, KeyError, IndexError, ValueError) as error:
             raise ValueError(f"rule {dict(entry)!r}: {error!r}") from error
@@ -138,10 +140,9 @@ class Rule:
         names = {"modality": _slug(series.modality), "bodypart": _slug(series.body_part)}
         names |= {key.upper(): value.upper() for key, value in names.items()}
         label = self.label_template.format(**names)
-        return Algorithm(code_value=short_code(self.code_value.format(**names)), scheme=self.scheme,
-                         meaning=self.meaning.format(**names), label=label,
-                         worklist_label=(self.worklist_label or self.label_template).format(**names),
-                         priority=self.priority)
+        return Algorithm(code_value=short_code((self.code_value or label).format(**names)), scheme=self.scheme,
+                         meaning=(self.meaning or label).format(**names), label=label,
+                         worklist_label=(self.worklist_label or label).format(**names), priority=self.priority)
 
 
 def short_code(value: str) -> str:
@@ -155,16 +156,20 @@ def _slug(value: str) -> str:
     return re.sub(r"\s+", "_", value.strip().lower()) or "unknown"
 
 
+# Every image series, one workitem per (body part, modality): chest-ct-pipeline, code chest-ct.
+DEFAULT_RULE = Rule(code_value="{bodypart}-{modality}")
+
+
 def rules_from_config(entries: Iterable[Mapping[str, Any]]) -> tuple[Rule, ...]:
-    """The configured rules, or the default rule (every image series, by body part and modality)."""
-    return tuple(Rule.from_config(entry) for entry in entries) or (Rule(),)
+    """The configured rules, or the default rule."""
+    return tuple(Rule.from_config(entry) for entry in entries) or (DEFAULT_RULE,)
 
 
 @dataclass(frozen=True)
 class RuleMatcher:
     """Each input series goes to the first rule that applies to it (ordered like routing rules)."""
 
-    rules: tuple[Rule, ...] = (Rule(),)
+    rules: tuple[Rule, ...] = (DEFAULT_RULE,)
 
     def match(self, snapshot: StudySnapshot) -> list[Match]:
         groups: dict[Algorithm, list[SeriesSnapshot]] = {}

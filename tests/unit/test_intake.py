@@ -11,7 +11,7 @@ from pydicom import Dataset
 from pydicom.uid import UID
 
 from ai_orchestrator.intake import (
-    Algorithm, Create, Defer, FirstMatching, IntakeProcessor, IntakeSettings, ItemFacts, Replace, Rule,
+    DEFAULT_RULE, Algorithm, Create, Defer, FirstMatching, IntakeProcessor, IntakeSettings, ItemFacts, Replace, Rule,
     RegistryMatcher, RuleMatcher, STUDY_DELETED_REASON, default_matcher, UpdateInputs, apply, build_workitem, is_input_series, plan_study,
     replacement_of, rules_from_config, short_code, workitem_uid)
 from ai_orchestrator.study import SeriesSnapshot, StudySnapshot, orthanc_id_of_study
@@ -143,12 +143,20 @@ def test_configured_rules_first_match_wins():
     matches = RuleMatcher(rules).match(study(series("1.1"), series("1.2", body="ABDOMEN"),
                                              series("1.3", modality="MR")))
     assert [(a.label, a.code_value, a.priority, [s.series_instance_uid for s in g]) for a, g in matches] == \
-        [("lung-nodules", "LN1", "HIGH", ["1.1"]), ("abdomen-ct-pipeline", "abdomen-ct", "MEDIUM", ["1.2"])]
+        [("lung-nodules", "LN1", "HIGH", ["1.1"]), ("abdomen-ct-pipeline", short_code("abdomen-ct-pipeline"),
+                                                    "MEDIUM", ["1.2"])]
+
+
+def test_a_fixed_label_makes_one_workitem_for_all_matching_series():
+    rules = rules_from_config([{"LabelTemplate": "any-ct", "Modality": "CT"}])
+    [(algorithm, group)] = RuleMatcher(rules).match(study(series("1.1"), series("1.2", body="ABDOMEN")))
+    assert (algorithm.code_value, algorithm.meaning, algorithm.worklist_label) == ("any-ct", "any-ct", "any-ct")
+    assert [s.series_instance_uid for s in group] == ["1.1", "1.2"]
 
 
 def test_no_configured_rules_means_the_default_rule():
-    assert rules_from_config([]) == (Rule(),)
-    assert default_matcher([]) == RuleMatcher((Rule(),))
+    assert rules_from_config([]) == (DEFAULT_RULE,)
+    assert default_matcher([]) == RuleMatcher((DEFAULT_RULE,))
 
 
 def test_default_matcher_puts_the_registry_first():
