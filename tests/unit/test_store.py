@@ -1,0 +1,119 @@
+"""The SQLite store: durability across reopen, migrations, tombstones, the intake queue, index use."""
+
+import sqlite3
+
+import pytest
+
+from ai_orchestrator.store import (DEFAULT_STORE_FILENAME, MIGRATIONS, SCHEMA_VERSION, StoreError, WorkitemRow,
+                                   WorkitemStore)
+from ai_orchestrator.ups import criteria
+from ai_orchestrator.ups.sample import sample_workitem
+
+
+def _row(uid: str, **args) -> WorkitemRow:
+    return WorkitemRow(uid, sample_workitem(**args), "SCHEDULED", created_at="2024-01-01T00:00:00",
+                       modified_at="2024-01-01T00:00:00")
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / DEFAULT_STORE_FILENAME
+
+
+def test_everything_acknowledged_is_there_after_reopen(path):
+    store = WorkitemStore(path)
+    with store.transaction() as tx:
+        tx.insert(_row("1.2.1", patient_id="P1"))
+    event_id = store.enqueue_event("STABLE_STUDY", "abc")
+    store.enqueue_event("DELETED", "def")
+    store.ack_event(event_id)
+    store.close()
+    reopened = WorkitemStore(path)
+    assert reopened.get("1.2.1").dataset == sample_workitem(patient_id="P1")
+    assert [(e.kind, e.resource_id) for e in reopened.pending_events()] == [("DELETED", "def")]
+
+
+def test_durability_settings(path):
+    store = WorkitemStore(path)
+    conn = store._connection()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_failed_transaction_changes_nothing(path):
+    store = WorkitemStore(path)
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.insert(_row("1.2.1"))
+            raise RuntimeError("boom")
+    assert store.get("1.2.1") is None
+
+
+def test_replace_updates_search_columns_and_accessions(path):
+    store = WorkitemStore(path)
+    with store.transaction() as tx:
+        tx.insert(_row("1.2.1", accession="A-1"))
+        row = tx.get("1.2.1")
+        row.dataset = sample_workitem(patient_id="P9", accession="A-9")
+        tx.replace(row)
+    assert store.uids(criteria.equals("patient_id", "P9")) == ["1.2.1"]
+    assert store.uids(criteria.accession("A-1", False)) == []
+    assert store.uids(criteria.accession("A-9", False)) == ["1.2.1"]
+
+
+def test_purge_leaves_a_tombstone(path):
+    store = WorkitemStore(path)
+    with store.transaction() as tx:
+        tx.insert(_row("1.2.1", accession="A-1"))
+        assert tx.purge(["1.2.1", "1.2.404"], "2024-02-01T00:00:00") == 1
+    assert store.get("1.2.1") is None and store.is_purged("1.2.1") and not store.is_purged("1.2.404")
+    assert store.uids(criteria.accession("A-1", False)) == []
+
+
+def test_migrations_from_every_older_version(path):
+    for version in range(1, SCHEMA_VERSION):
+        file = path.with_name(f"v{version}.sqlite")
+        conn = sqlite3.connect(file)
+        for statements in MIGRATIONS[:version]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("INSERT INTO workitems (uid, dataset, state, created_at, modified_at) "
+                     "VALUES ('1.2.7', '{}', 'SCHEDULED', 'x', 'x')")
+        conn.commit()
+        conn.close()
+        store = WorkitemStore(file)
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.get("1.2.7").state == "SCHEDULED"
+        store.enqueue_event("STABLE_STUDY", "s1")
+        assert len(store.pending_events()) == 1
+        store.close()
+
+
+def test_a_newer_schema_is_refused(path):
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="schema version"):
+        WorkitemStore(path)
+
+
+def test_pending_events_are_oldest_first_and_limited(path):
+    store = WorkitemStore(path)
+    for n in range(5):
+        store.enqueue_event("STABLE_STUDY", f"s{n}")
+    assert [e.resource_id for e in store.pending_events(limit=3)] == ["s0", "s1", "s2"]
+
+
+@pytest.mark.parametrize("where", [
+    criteria.equals("state", "SCHEDULED"),
+    criteria.equals("patient_id", "P1"),
+    criteria.glob("patient_name", "Doe*"),
+    criteria.accession("A-1", False),
+])
+def test_searches_use_an_index_not_a_full_scan(path, where):
+    store = WorkitemStore(path)
+    store.insert_many(_row(f"1.2.{n}", patient_id=f"P{n % 50}", accession=f"A-{n}") for n in range(500))
+    plan = " | ".join(r[-1] for r in store._connection().execute(
+        f"EXPLAIN QUERY PLAN SELECT uid FROM workitems WHERE {where.sql} ORDER BY seq LIMIT 100", where.params))
+    assert "SCAN workitems" not in plan and "INDEX" in plan, plan
