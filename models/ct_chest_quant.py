@@ -145,23 +145,30 @@ def segment(hu: torch.Tensor, voxel_ml: float) -> Masks:
     return Masks(body=body, lungs=paint(lungs, shape, hu.device), bone=(hu > BONE_ABOVE_HU) & body)
 
 
-def lung_measurements(hu: torch.Tensor, lungs: torch.Tensor, voxel_ml: float) -> dict[str, float]:
+def lung_measurements(hu: torch.Tensor, lungs: torch.Tensor, voxel_ml: float) -> list[Measurement]:
+    """Lung volume always; mean density and LAA%-950 only when there is lung to measure."""
     values = hu[lungs].to(torch.float64)
     count = values.numel()
+    volume = Measurement(codes.SCT.Volume, count * voxel_ml, MILLILITER, segment="Lungs")
     if count == 0:
-        return {"volume_ml": 0.0, "mean_hu": float("nan"), "laa950": float("nan")}
-    return {
-        "volume_ml": count * voxel_ml,
-        "mean_hu": float(values.mean()),
-        "laa950": float((values < EMPHYSEMA_BELOW_HU).sum()) * 100.0 / count,
-    }
+        return [volume]
+    mean = float(values.mean())
+    laa = float((values < EMPHYSEMA_BELOW_HU).sum()) * 100.0 / count
+    return [
+        volume,
+        Measurement(codes.DCM.MeanAttenuationCoefficient, mean, codes.UCUM.HounsfieldUnit, segment="Lungs"),
+        Measurement(LAA950, laa, codes.UCUM.Percent, segment="Lungs"),
+    ]
+
+
+SUMMARY_LABELS = {LAA950.value: "LAA%-950", "118565006": "Lung volume (mL)", "112181": "Mean lung density (HU)"}
 
 
 def predict(volume: Volume, device: torch.device, context: Mapping[str, Any]) -> ModelResult:
     with torch.inference_mode():
         hu = torch.from_numpy(volume.hu).to(device)
         masks = segment(hu, volume.voxel_volume_ml)
-        numbers = lung_measurements(hu, masks.lungs, volume.voxel_volume_ml)
+        measurements = tuple(lung_measurements(hu, masks.lungs, volume.voxel_volume_ml))
         body, lungs, bone = (m.cpu().numpy() for m in (masks.body, masks.lungs, masks.bone))
     segments = (
         Segment("Body", body, codes.SCT.AnatomicalStructure, codes.SCT.EntireBody,
@@ -169,14 +176,7 @@ def predict(volume: Volume, device: torch.device, context: Mapping[str, Any]) ->
         Segment("Lungs", lungs, codes.SCT.AnatomicalStructure, codes.SCT.Lung, color=(0, 170, 255)),
         Segment("Bone", bone, codes.SCT.Tissue, codes.SCT.BoneTissue, color=(255, 220, 0)),
     )
-    measurements = (
-        Measurement(codes.SCT.Volume, numbers["volume_ml"], MILLILITER, segment="Lungs"),
-        Measurement(codes.DCM.MeanAttenuationCoefficient, numbers["mean_hu"], codes.UCUM.HounsfieldUnit,
-                    segment="Lungs"),
-        Measurement(LAA950, numbers["laa950"], codes.UCUM.Percent, segment="Lungs"),
-    )
-    summary = {"Lung volume (mL)": numbers["volume_ml"], "Mean lung density (HU)": numbers["mean_hu"],
-               "LAA%-950": numbers["laa950"]}
+    summary = {SUMMARY_LABELS[m.name.value]: m.value for m in measurements}
     return ModelResult(segments=segments, measurements=measurements, summary=summary)
 
 
