@@ -1,48 +1,87 @@
 """The composition root: builds the plugin's objects from settings and routes REST requests to them.
 
-Plain Python (no ``orthanc`` import): the entry module hands it a gateway and forwards callbacks.
+Plain Python (no ``orthanc`` import): the entry module hands it a gateway and forwards callbacks. Everything
+that can fail at start-up (settings, store, models, rules) happens in ``__init__``, before any route or
+callback is registered, so a failure never leaves the plugin half-started.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import re
 from typing import Callable
 
+import torch
+
 from . import __version__
+from .api import WorkitemsApi
+from .background import PeriodicTask
+from .claims import ClaimLedger
 from .config import Settings
 from .device import resolve_device
+from .housekeeping import HousekeepingSettings, run_housekeeping
 from .http_types import Request, Response
+from .intake import DELETED_STUDY, STABLE_STUDY, IntakeProcessor, IntakeSettings, default_matcher
+from .manual_run import ManualRunError, schedule_run
 from .orthanc_gateway import OrthancGateway
+from .publishing import Forwarding, ResultPublisher
+from .registry import Registry
+from .service import WorkitemService, utc_now
+from .store import WorkitemStore
+from .worker import InferenceWorker
 
 log = logging.getLogger("ai_orchestrator")
+INTAKE_POLL_S = 1.0
+
+
+def _method_not_allowed(allowed: str) -> Response:
+    return Response(405, {"Allow": allowed})
 
 
 class Orchestrator:
     def __init__(self, settings: Settings, gateway: OrthancGateway,
                  orthanc_version: Callable[[], str] = lambda: "unknown"):
-        self.settings = settings
-        self.gateway = gateway
-        self.orthanc_version = orthanc_version
+        self.settings, self.gateway, self.orthanc_version = settings, gateway, orthanc_version
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(settings.device)
+        self.store = WorkitemStore(settings.store_path)
+        self.service = WorkitemService(self.store)
+        self.workitems = WorkitemsApi(self.service)
+        self.registry = Registry.load(settings.models_dir)
+        self.intake = IntakeProcessor(self.store, self.service, gateway,
+                                      default_matcher(settings.rules, self.registry),
+                                      IntakeSettings.from_settings(settings))
+        self.housekeeping_settings = HousekeepingSettings.from_settings(settings)
+        self.ledger = ClaimLedger(settings.data_dir / "performer.sqlite")
+        publisher = ResultPublisher(gateway, settings.dicomweb_url,
+                                    Forwarding(settings.forward_to, settings.delete_study_after_forward))
+        self.worker = InferenceWorker(
+            self.service, gateway,
+            {(m.algorithm.value, m.algorithm.scheme_designator): m for m in self.registry.models},
+            self.ledger, self.device, publisher.publish,
+            max_attempts=settings.max_attempts, loaders=settings.workers) if settings.workers else None
+        self._tasks = [PeriodicTask("ai-intake", self._intake_step, INTAKE_POLL_S),
+                       PeriodicTask("ai-housekeeping", self._housekeeping_step, settings.housekeeping_interval_s)]
         self._routes = [
             (re.compile(r"^/system/?$"), self._system),
+            (re.compile(r"^/workitems(/.*)?$"), self.workitems.handle),
+            (re.compile(r"^/models/?$"), self._models),
+            (re.compile(r"^/studies/(?P<study>[^/]+)/run/?$"), self._run),
         ]
 
     # REST
     def handle(self, request: Request) -> Response:
         for pattern, handler in self._routes:
-            if pattern.match(request.path):
-                return handler(request)
+            match = pattern.match(request.path)
+            if match:
+                return handler(request, **match.groupdict())
         return Response.error(404, f"no such route: {request.method} /ai-orchestrator{request.path}")
 
     def _system(self, request: Request) -> Response:
         if request.method != "GET":
-            return Response(405, {"Allow": "GET"})
-        import torch
-
+            return _method_not_allowed("GET")
         return Response.json({
             "PluginVersion": __version__,
             "OrthancVersion": self.orthanc_version(),
@@ -50,22 +89,68 @@ class Orchestrator:
             "TorchVersion": torch.__version__,
             "InferenceDevice": str(self.device),
             "DataDirectory": str(self.settings.data_dir),
-            "Workitems": {state: 0 for state in ("SCHEDULED", "IN PROGRESS", "COMPLETED", "CANCELED")},
+            "ModelsDirectory": str(self.settings.models_dir),
+            "Workitems": self.service.counts_by_state(),
         })
 
-    # Change events: record and return
+    def _models(self, request: Request) -> Response:
+        if request.method != "GET":
+            return _method_not_allowed("GET")
+        return Response.json([{**entry, "device": str(self.device)} for entry in self.registry.describe()])
+
+    def _run(self, request: Request, study: str) -> Response:
+        if request.method != "POST":
+            return _method_not_allowed("POST")
+        try:
+            body = json.loads(request.body or b"{}")
+            model_name = body.get("model") if isinstance(body, dict) else None
+            uid = schedule_run(self.gateway, self.registry, self.service, study, model_name,
+                               dicomweb_base=self.settings.dicomweb_url)
+        except json.JSONDecodeError as error:
+            return Response.error(400, f"the body is not JSON: {error}")
+        except ManualRunError as error:
+            return Response.error(error.status, str(error))
+        if self.worker:
+            self.worker.wake()
+        location = f"{request.base_url}/workitems/{uid}"
+        return Response.json({"workitem": uid, "location": location}, 201, headers={"Location": location})
+
+    # Change events: record durably and return (the intake thread does the work)
     def on_stable_study(self, orthanc_study_id: str) -> None:
-        log.info("stable study %s", orthanc_study_id)
+        self.store.enqueue_event(STABLE_STUDY, orthanc_study_id)
+        self._tasks[0].wake()
 
     def on_deleted_study(self, orthanc_study_id: str) -> None:
-        log.info("deleted study %s", orthanc_study_id)
+        self.store.enqueue_event(DELETED_STUDY, orthanc_study_id)
+        self._tasks[0].wake()
+
+    def _intake_step(self) -> None:
+        if self.intake.process_pending() and self.worker:
+            self.worker.wake()
+
+    def _housekeeping_step(self) -> None:
+        report = run_housekeeping(self.service, utc_now(), self.housekeeping_settings)
+        if any(getattr(report, name) for name in ("not_started", "lease_expired", "purged", "errors")):
+            log.warning("housekeeping: %s", report)
+        if report.replacements and self.worker:
+            self.worker.wake()
 
     # Lifecycle
     def start_background(self) -> None:
-        pass
+        for task in self._tasks:
+            task.start()
+        if self.worker:
+            self.worker.start()
 
     def stop(self) -> None:
-        pass
+        for task in self._tasks:
+            task.stop()
+        if self.worker:
+            self.worker.stop()
+        self.ledger.close()
+        self.store.close()
 
     def describe_startup(self) -> str:
-        return f"plugin {__version__}, device {self.device}, data {self.settings.data_dir}"
+        models = ", ".join(f"{entry['name']} ({entry['status']})" for entry in self.registry.describe()) or "none"
+        return (f"plugin {__version__}, device {self.device}, data {self.settings.data_dir}, "
+                f"models: {models}, in-process workers: {self.settings.workers}")

@@ -27,6 +27,8 @@ class Settings:
     retention_days: int  # 0: keep final items forever
     housekeeping_interval_s: int
     rules: tuple[Mapping[str, Any], ...] = ()
+    forward_to: str | None = None  # Orthanc modality name results are C-STOREd to
+    delete_study_after_forward: bool = False
 
     @property
     def store_path(self) -> Path:
@@ -61,6 +63,8 @@ class Settings:
             retention_days=_int(section, "RetentionDays", 0),
             housekeeping_interval_s=_int(section, "HousekeepingIntervalSeconds", 60, minimum=1),
             rules=tuple(rules),
+            forward_to=section.get("ForwardTo") or None,
+            delete_study_after_forward=bool(section.get("DeleteStudyAfterForward", False)),
         )
 
 

@@ -44,13 +44,17 @@ class Job:
     volume: Any = None
 
 
-class RunContext:
-    """Handed to ``model.predict``: stage timing, progress reports and cancel checkpoints."""
+class RunContext(dict):
+    """Handed to ``model.predict``: stage timing, progress reports and cancel checkpoints.
+
+    A mapping (``context["stage"]``...) as the registry's PredictFn declares, with the same as attributes.
+    """
 
     def __init__(self, worker: "InferenceWorker", job: Job):
         self._worker, self._job = worker, job
         self.timer = job.timer
         self.stage = job.timer.stage
+        super().__init__(stage=self.stage, progress=self.progress, checkpoint=self.checkpoint, timer=self.timer)
 
     def progress(self, percent: float, description: str) -> None:
         self._worker.report(self._job, percent, description)
@@ -182,7 +186,8 @@ class InferenceWorker:
                 continue
             try:
                 self.report(job, 30, f"running {job.model.name} {job.model.version} on {self.device}")
-                result = job.model.predict(job.volume, self.device, RunContext(self, job))
+                with job.timer.stage("model"):
+                    result = job.model.predict(job.volume, self.device, RunContext(self, job))
                 self.checkpoint(job)
                 self.report(job, 80, "writing result series")
                 outputs = self.publish(job, result)

@@ -1,0 +1,84 @@
+"""Encoding a model's result as DICOM (SEG / SR / SC) and storing it in the same study through Orthanc."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, Sequence
+
+import pydicom
+from pydicom import Dataset
+
+from .orthanc_gateway import OrthancGateway
+from .performed import OutputSeries
+from .results import write_sc, write_seg, write_sr
+
+log = logging.getLogger("ai_orchestrator")
+
+
+@dataclass(frozen=True)
+class Forwarding:
+    modality: str | None = None  # Orthanc modality name results are sent to (C-STORE)
+    delete_study_after: bool = False  # as the reference clinical pipeline does once results are forwarded
+
+
+def encode(result: Any, sources: Sequence[Dataset], model: Any) -> list[Dataset]:
+    """The result objects the model declares and the result can fill, SEG first (the SR references it)."""
+    seg = write_seg(result, sources, model) if "SEG" in model.outputs and result.segments else None
+    objects = [seg] if seg is not None else []
+    if "SR" in model.outputs and result.measurements:
+        objects.append(write_sr(result, sources, model, seg=seg))
+    if "SC" in model.outputs and result.segments:
+        objects.append(write_sc(result, sources, model))
+    return objects
+
+
+def to_bytes(dataset: Dataset) -> bytes:
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class ResultPublisher:
+    def __init__(self, gateway: OrthancGateway, dicomweb_url: str, forwarding: Forwarding = Forwarding()):
+        self.gateway, self.dicomweb_url, self.forwarding = gateway, dicomweb_url.rstrip("/"), forwarding
+
+    def publish(self, job: Any, result: Any) -> list[OutputSeries]:
+        """Encode, store in Orthanc, forward if configured; answers the series for Output Information."""
+        with job.timer.stage("encode"):
+            objects = encode(result, job.volume.datasets, job.model)
+            blobs = [to_bytes(dataset) for dataset in objects]
+        with job.timer.stage("store"):
+            stored = [self.gateway.post_instance(blob) for blob in blobs]
+        self._forward(job, [answer["ID"] for answer in stored], stored[0]["ParentStudy"] if stored else None)
+        return [self._output(dataset) for dataset in objects]
+
+    def _output(self, dataset: Dataset) -> OutputSeries:
+        study, series = str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID)
+        return OutputSeries(study, series, ((str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)),),
+                            f"{self.dicomweb_url}/studies/{study}/series/{series}")
+
+    def _forward(self, job: Any, instance_ids: list[str], study_id: str | None) -> None:
+        destinations = [self.forwarding.modality] if self.forwarding.modality else []
+        destinations += self._requested_destinations(job.workitem)
+        for modality in dict.fromkeys(destinations):
+            self.gateway.post_json(f"/modalities/{modality}/store",
+                                   {"Resources": instance_ids, "Synchronous": True})
+            log.info("forwarded %d result instance(s) to %s", len(instance_ids), modality)
+        if destinations and self.forwarding.delete_study_after and study_id:
+            self.gateway.delete(f"/studies/{study_id}")
+
+    def _requested_destinations(self, workitem: dict) -> list[str]:
+        """Orthanc modalities whose AE title the workitem's Output Destination Sequence (0040,4070) names."""
+        titles = {str(storage.DestinationAE)
+                  for destination in Dataset.from_json(workitem).get("OutputDestinationSequence", [])
+                  for storage in destination.get("DICOMStorageSequence", []) if "DestinationAE" in storage}
+        if not titles:
+            return []
+        modalities = self.gateway.get_json("/modalities?expand")
+        found = [name for name, params in modalities.items() if params.get("AET") in titles]
+        missing = titles - {modalities[name].get("AET") for name in found}
+        if missing:
+            raise LookupError(f"no Orthanc modality has the AE title(s) {sorted(missing)} named as output destination")
+        return found
