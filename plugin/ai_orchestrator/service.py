@@ -214,10 +214,13 @@ class WorkitemService:
         """Claim the best SCHEDULED, READY workitem for these algorithms (HIGH first, then oldest start)."""
         if not transaction_uid:
             raise bad_request(Warnings.TUID_MISSING, Status.TRANSACTION_UID_MISMATCH)
-        wanted = [w for w in (None if algorithm_codes is None else criteria.code_in(list(algorithm_codes)),
-                              None if labels is None else criteria.one_of("label", list(labels))) if w]
         where = criteria.equals("state", SCHEDULED) & criteria.equals("input_readiness", READY)
-        if algorithm_codes is not None or labels is not None:
+        wanted = []
+        if algorithm_codes is not None:
+            wanted.append(criteria.code_in(list(algorithm_codes)))
+        if labels is not None:
+            wanted.append(criteria.one_of("label", list(labels)))
+        if wanted:  # None for both: any algorithm; an empty collection matches nothing
             where = where & criteria.any_of(wanted)
         with self._store.transaction() as tx:
             uid = tx.first_uid(where, "priority_rank, start_datetime, seq")

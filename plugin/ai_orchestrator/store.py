@@ -226,10 +226,11 @@ class WorkitemStore:
         conn.execute(statement)
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self._begin("BEGIN IMMEDIATE") as conn:
