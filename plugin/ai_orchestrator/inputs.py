@@ -9,6 +9,7 @@ import pydicom
 from pydicom import Dataset
 
 from .orthanc_gateway import OrthancGateway
+from .study import orthanc_id_of_series
 from .timing import StageTimer
 
 
@@ -18,6 +19,7 @@ class InputMissing(LookupError):
 
 @dataclass(frozen=True)
 class InputSeries:
+    patient_id: str
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uids: tuple[str, ...]
@@ -28,6 +30,7 @@ def input_series(workitem: dict) -> list[InputSeries]:
     dataset = Dataset.from_json(workitem)
     found = [
         InputSeries(
+            str(dataset.get("PatientID", "")),
             str(item.get("StudyInstanceUID", "")),
             str(item.get("SeriesInstanceUID", "")),
             tuple(str(ref.ReferencedSOPInstanceUID) for ref in item.get("ReferencedSOPSequence", [])),
@@ -37,17 +40,14 @@ def input_series(workitem: dict) -> list[InputSeries]:
     return sorted(found, key=lambda series: len(series.sop_instance_uids), reverse=True)
 
 
-def _orthanc_series_id(gateway: OrthancGateway, series_uid: str) -> str:
-    for match in gateway.post_json("/tools/lookup", series_uid) or []:
-        if match.get("Type") == "Series":
-            return match["ID"]
-    raise InputMissing(f"input series {series_uid} is not in Orthanc")
-
-
 def fetch_series(gateway: OrthancGateway, series: InputSeries, timer: StageTimer) -> list[Dataset]:
     """The series' input instances as pydicom datasets (only those the workitem references, if it lists any)."""
     with timer.stage("fetch"):
-        instances = gateway.get_json(f"/series/{_orthanc_series_id(gateway, series.series_instance_uid)}/instances")
+        series_id = orthanc_id_of_series(series.patient_id, series.study_instance_uid, series.series_instance_uid)
+        try:
+            instances = gateway.get_json(f"/series/{series_id}/instances")
+        except Exception as error:
+            raise InputMissing(f"input series {series.series_instance_uid} is not in Orthanc ({error})") from error
         wanted = set(series.sop_instance_uids)
         ids = [instance["ID"] for instance in instances
                if not wanted or instance["MainDicomTags"].get("SOPInstanceUID") in wanted]

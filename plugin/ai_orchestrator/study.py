@@ -61,6 +61,11 @@ def orthanc_id_of_study(patient_id: str, study_instance_uid: str) -> str:
     return orthanc_hash(f"{patient_id}|{study_instance_uid}")
 
 
+def orthanc_id_of_series(patient_id: str, study_instance_uid: str, series_instance_uid: str) -> str:
+    """Orthanc's identifier of a series: no lookup call needed to reach it."""
+    return orthanc_hash(f"{patient_id}|{study_instance_uid}|{series_instance_uid}")
+
+
 def read_study(gateway: OrthancGateway, orthanc_study_id: str) -> StudySnapshot:
     """Read one study from Orthanc (raises whatever the gateway raises, e.g. for an unknown study)."""
     study = gateway.get_json(f"/studies/{orthanc_study_id}")

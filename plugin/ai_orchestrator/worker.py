@@ -20,6 +20,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from .claims import Claim, ClaimLedger
+from .imaging import InputError
 from .inputs import fetch_series, input_series
 from .performed import CANCEL_REQUESTED_REASON, canceled_attributes, completed_attributes
 from .timing import StageTimer
@@ -222,9 +223,10 @@ class InferenceWorker:
             self._cancel(claim, str(error), CANCEL_REQUESTED_REASON)
             return
         attempts = (self.ledger.get(claim.uid) or claim).attempts
+        retryable = not isinstance(error, InputError)  # bad pixel data will not get better by trying again
         log.warning("workitem %s failed (attempt %d of %d): %s", claim.uid, attempts, self.max_attempts, error,
                     exc_info=not isinstance(error, (ValueError, LookupError)))
-        if attempts < self.max_attempts and not self._stop.is_set():
+        if retryable and attempts < self.max_attempts and not self._stop.is_set():
             self._retry.put((time.monotonic() + self.backoff_s * 2 ** (attempts - 1), claim))
             self._wake.set()
             return

