@@ -91,6 +91,7 @@ class Orchestrator:
             "DataDirectory": str(self.settings.data_dir),
             "ModelsDirectory": str(self.settings.models_dir),
             "Workitems": self.service.counts_by_state(),
+            "RecentRuns": self.worker.completed_runs[-10:] if self.worker else [],
         })
 
     def _models(self, request: Request) -> Response:

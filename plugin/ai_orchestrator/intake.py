@@ -239,7 +239,7 @@ def workitem_uid(study_uid: str, code: tuple[str, str], series_uids: Iterable[st
 
 
 def _dt(moment: datetime) -> str:
-    return moment.strftime("%Y%m%d%H%M%S")
+    return moment.strftime("%Y%m%d%H%M%S.%f")
 
 
 def _code_item(value: str, scheme: str, meaning: str) -> Dataset:

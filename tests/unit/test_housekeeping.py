@@ -60,7 +60,7 @@ def test_expired_lease_cancels_and_schedules_the_same_work_again():
     old = ItemFacts.from_json(service.items[lost])
     assert (new.state, new.replaces, new.inputs, new.code) == (SCHEDULED, (lost,), old.inputs, old.code)
     assert Dataset.from_json(service.items[new.uid]).ScheduledProcedureStepStartDateTime == \
-        (NOW + 2 * HOUR).strftime("%Y%m%d%H%M%S")
+        (NOW + 2 * HOUR).strftime("%Y%m%d%H%M%S.%f")
 
 
 def test_recent_progress_keeps_the_lease():

@@ -237,7 +237,7 @@ def test_built_workitem_content():
         ("chest-ct", "99ORTHANCAI", "chest-ct-pipeline")
     assert (ds.ProcedureStepLabel, ds.WorklistLabel, ds.ScheduledProcedureStepPriority) == \
         ("chest-ct-pipeline", "chest-ct-pipeline", "MEDIUM")
-    assert ds.ScheduledProcedureStepStartDateTime == "20240105100000"
+    assert ds.ScheduledProcedureStepStartDateTime == "20240105100000.000000"
     assert "ReplacedProcedureStepSequence" not in ds
 
 

@@ -1,0 +1,129 @@
+"""Inference benchmark on the synthetic chest-CT phantom, measured in one run:
+
+(a) the bare pipeline outside Orthanc: read the files, decode, model, encode the outputs;
+(b) end to end inside Orthanc: from STABLE_STUDY (the workitem's creation) to COMPLETED, so StableAge is left out;
+
+and the ratio b/a, with the performer's own stage breakdown. Targets (CPU): orchestrator overhead, i.e. b minus the
+model and encode stages, under 1 s per 100 slices; b/a under 1.5.
+
+    .venv/bin/python bench/inference.py [--slices 100] [--rows 512] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+import torch
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "plugin")]
+
+from ai_orchestrator.device import resolve_device  # noqa: E402
+from ai_orchestrator.phantom import make_chest_phantom  # noqa: E402
+from ai_orchestrator.publishing import encode, to_bytes  # noqa: E402
+from ai_orchestrator.registry import Registry  # noqa: E402
+from ai_orchestrator.timing import StageTimer  # noqa: E402
+from tests.integration.studies import upload_rest, wait_for, workitems_of  # noqa: E402
+from tests.integration.workitems import value  # noqa: E402
+from tests.orthanc_server import OrthancServer  # noqa: E402
+
+
+def bare_pipeline(paths: list[Path], model, device: torch.device) -> dict[str, float]:
+    timer = StageTimer()
+    with timer.stage("fetch"):
+        blobs = [path.read_bytes() for path in paths]
+    with timer.stage("decode"):
+        from io import BytesIO
+        volume = model.prepare([pydicom.dcmread(BytesIO(blob)) for blob in blobs])
+    with timer.stage("model"):
+        result = model.predict(volume, device, {})
+    with timer.stage("encode"):
+        [to_bytes(ds) for ds in encode(result, volume.datasets, model)]
+    return timer.as_dict()
+
+
+def _dt(text: str) -> datetime:
+    """A DICOM DT with or without fraction; the offset is dropped (both ends are written in UTC)."""
+    text = text.split("+")[0].split("-")[0]
+    return datetime.strptime(text if "." in text else text + ".0", "%Y%m%d%H%M%S.%f")
+
+
+def end_to_end(server: OrthancServer, phantom_datasets, patient_id: str) -> tuple[float, dict]:
+    upload_rest(server.client, phantom_datasets)
+
+    def completed():
+        items = workitems_of(server.client, patient_id)
+        return items if items and value(items[0], "00741000") in ("COMPLETED", "CANCELED") else None
+
+    [item] = wait_for(completed, timeout=600, interval=0.2)
+    assert value(item, "00741000") == "COMPLETED", item.get("00741002")
+    performed = item["00741216"]["Value"][0]
+    created = _dt(value(item, "00404005"))  # Scheduled Procedure Step Start: set when STABLE_STUDY was handled
+    ended = _dt(value(performed, "00404051"))
+    uid = value(item, "00080018")
+    stages = next(run for run in server.client.get("/ai-orchestrator/system").json()["RecentRuns"]
+                  if run["uid"] == uid)
+    return (ended - created).total_seconds(), stages
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    device = resolve_device("auto")
+    model = Registry.load(REPO_DIR / "models").get("ct-chest-quant")
+    work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"phantom {args.slices} x {args.rows} x {args.rows}")
+
+    bare_runs = []
+    for run in range(args.runs + 1):  # the first run warms up
+        phantom = make_chest_phantom(work / f"bare{run}", slices=args.slices, rows=args.rows, seed=run)
+        timings = bare_pipeline(phantom.paths, model, device)
+        if run:
+            bare_runs.append(timings)
+    if device.type == "cuda":
+        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+
+    e2e_runs = []
+    with OrthancServer(work / "orthanc", stable_age=1) as server:
+        for run in range(args.runs + 1):
+            patient = f"BENCH{run}"
+            phantom = make_chest_phantom(slices=args.slices, rows=args.rows, seed=run, patient_id=patient)
+            total, stages = end_to_end(server, phantom.datasets, patient)
+            if run:
+                e2e_runs.append((total, stages))
+
+    def median(values):
+        return statistics.median(values) if values else 0.0
+
+    bare_total = median([sum(t.values()) for t in bare_runs])
+    e2e_total = median([total for total, _ in e2e_runs])
+    stage_names = ["fetch", "decode", "to-device", "model", "post-process", "encode", "store"]
+    print(f"\n{'stage':<14}{'(a) bare s':>12}{'(b) in Orthanc s':>18}")
+    for name in stage_names:
+        a = median([t.get(name, 0.0) for t in bare_runs])
+        b = median([s.get(name, 0.0) for _, s in e2e_runs])
+        if a or b:
+            print(f"{name:<14}{a:>12.3f}{b:>18.3f}")
+    print(f"{'total':<14}{bare_total:>12.3f}{e2e_total:>18.3f}")
+    model_encode = median([s.get("model", 0.0) + s.get("encode", 0.0) for _, s in e2e_runs])
+    overhead = e2e_total - model_encode
+    per_100 = overhead * 100 / args.slices
+    print(f"\nratio b/a = {e2e_total / bare_total:.2f} (target < 1.5)")
+    print(f"orchestrator overhead (b - model - encode) = {overhead:.3f} s, {per_100:.3f} s per 100 slices "
+          f"(target < 1 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
