@@ -1,0 +1,52 @@
+"""A learned lung segmentation: a tiny TorchScript network trained on synthetic phantoms.
+
+Weights: ``$AI_ORCHESTRATOR_LEARNED_LUNGS_WEIGHTS`` or ``models/weights/learned_lungs.pt`` (made by
+``scripts/train_learned_lungs.py``). A missing file makes the module fail to load, so the registry lists the
+model with status "error" and the reason. It is a demonstration of the learned-model path, not a clinical model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from ai_orchestrator.imaging import Volume
+from ai_orchestrator.registry import Measurement, ModelResult, ModelSpec, Segment
+from ai_orchestrator.torchscript_model import Preprocessing, TorchScriptSegmenter, weights_path
+
+LUNG_LABEL = 1
+MILLILITER = Code("ml", "UCUM", "milliliter")
+
+SEGMENTER = TorchScriptSegmenter(
+    weights=weights_path("AI_ORCHESTRATOR_LEARNED_LUNGS_WEIGHTS",
+                         Path(__file__).resolve().parent / "weights" / "learned_lungs.pt"),
+    preprocessing=Preprocessing(window=(-1000.0, 400.0), size=128),
+)
+SEGMENTER.check()
+
+
+def predict(volume: Volume, device: torch.device, context: Mapping[str, Any]) -> ModelResult:
+    lungs = SEGMENTER.label_map(volume, device) == LUNG_LABEL
+    volume_ml = float(lungs.sum()) * volume.voxel_volume_ml
+    return ModelResult(
+        segments=(Segment("Lungs", lungs, codes.SCT.AnatomicalStructure, codes.SCT.Lung, color=(0, 170, 255)),),
+        measurements=(Measurement(codes.SCT.Volume, volume_ml, MILLILITER, segment="Lungs"),),
+        summary={"Lung volume (mL)": volume_ml},
+    )
+
+
+MODEL = ModelSpec(
+    name="learned-lungs",
+    version="0.1.0",
+    algorithm=Code("LEARNEDLUNGS", "99OAIO", "Learned lung segmentation (demonstration)"),
+    applies_to={"Modality": r"^CT$", "BodyPartExamined": r"(?i)chest|thorax|lung"},
+    min_instances=10,
+    predict=predict,
+    outputs=frozenset({"SEG", "SR", "SC"}),
+    description="Tiny TorchScript U-Net trained on synthetic phantoms; lung mask and lung volume.",
+    procedure=Code("24627-2", "LN", "CT Chest"),
+)
