@@ -8,6 +8,7 @@ downloaded.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,9 @@ class TorchScriptSegmenter:
             raise FileNotFoundError(f"weights file {self.weights} does not exist")
 
     def load(self, device: torch.device) -> torch.jit.ScriptModule:
-        network = torch.jit.load(str(self.weights), map_location=device)
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript in favour of torch.export
+            warnings.simplefilter("ignore", DeprecationWarning)
+            network = torch.jit.load(str(self.weights), map_location=device)
         return network.eval()
 
     def label_map(self, volume: Volume, device: torch.device) -> np.ndarray:
