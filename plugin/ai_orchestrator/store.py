@@ -103,8 +103,14 @@ class IntakeEvent:
 
 @dataclass
 class _Connections:
-    local: threading.local = field(default_factory=threading.local)
-    all: list[sqlite3.Connection] = field(default_factory=list)
+    """One connection per OS thread, keyed by ``threading.get_ident()``.
+
+    Not ``threading.local``: Orthanc calls the plugin from its own HTTP threads, and the embedded interpreter
+    makes a new Python thread state for each callback, so thread-local data would vanish after every request
+    and each request would open (and leak) a new connection. The OS thread id outlives those thread states.
+    """
+
+    by_thread: dict[int, sqlite3.Connection] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -190,23 +196,23 @@ class WorkitemStore:
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
             raise StoreError(f"the store {self.path} is closed")
-        conn = getattr(self._connections.local, "conn", None)
+        ident = threading.get_ident()
+        conn = self._connections.by_thread.get(ident)
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            self._connections.local.conn = conn
             with self._connections.lock:
-                self._connections.all.append(conn)
+                self._connections.by_thread[ident] = conn
         return conn
 
     def close(self) -> None:
         with self._connections.lock:
             self._closed = True
-            for conn in self._connections.all:
+            for conn in self._connections.by_thread.values():
                 conn.close()
-            self._connections.all.clear()
+            self._connections.by_thread.clear()
 
     def __enter__(self) -> "WorkitemStore":
         return self

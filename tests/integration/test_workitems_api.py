@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 import threading
 
 import pytest
@@ -290,3 +291,16 @@ def test_workitems_survive_restart_and_kill(orthanc):
     orthanc.start()
     assert ups.state(acknowledged) == "SCHEDULED"
     assert ups.change_state(uid, "COMPLETED", tuid, completion_attributes()).status_code == 200
+
+
+def test_requests_do_not_leak_store_connections(orthanc):
+    """Orthanc's HTTP threads get a fresh Python thread state per callback: connections must still be reused."""
+    def open_files() -> int:
+        return len(list(Path(f"/proc/{orthanc.process.pid}/fd").iterdir()))
+
+    for _ in range(150):  # every HTTP thread of Orthanc's pool has answered at least once
+        orthanc.client.get(f"{ROOT}/workitems", params={"PatientID": "NOBODY"})
+    before = open_files()
+    for _ in range(300):
+        orthanc.client.get(f"{ROOT}/workitems", params={"PatientID": "NOBODY"})
+    assert open_files() <= before + 4
