@@ -42,11 +42,10 @@ def predict(volume: Volume, device: torch.device, context: Mapping[str, Any]) ->
 MODEL = ModelSpec(
     name="learned-lungs",
     version="0.1.0",
+    description="Tiny TorchScript U-Net trained on synthetic phantoms; lung mask and lung volume.",
     algorithm=Code("LEARNEDLUNGS", "99OAIO", "Learned lung segmentation (demonstration)"),
+    procedure=Code("24627-2", "LN", "CT Chest"),
+    predict=predict,
     applies_to={"Modality": r"^CT$", "BodyPartExamined": r"(?i)chest|thorax|lung"},
     min_instances=10,
-    predict=predict,
-    outputs=frozenset({"SEG", "SR", "SC"}),
-    description="Tiny TorchScript U-Net trained on synthetic phantoms; lung mask and lung volume.",
-    procedure=Code("24627-2", "LN", "CT Chest"),
 )
