@@ -70,6 +70,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             resource_id TEXT NOT NULL,
             received_at TEXT NOT NULL)""",
     ),
+    (
+        # Counts by state kept by triggers: /system and Search by state answer in O(1), whatever the store size.
+        "CREATE TABLE state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+        "INSERT INTO state_counts SELECT state, COUNT(*) FROM workitems GROUP BY state",
+        """CREATE TRIGGER state_counts_insert AFTER INSERT ON workitems BEGIN
+            INSERT INTO state_counts VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1; END""",
+        """CREATE TRIGGER state_counts_delete AFTER DELETE ON workitems BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state; END""",
+        """CREATE TRIGGER state_counts_update AFTER UPDATE OF state ON workitems WHEN OLD.state <> NEW.state BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+            INSERT INTO state_counts VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1; END""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -272,16 +284,28 @@ class WorkitemStore:
         return bool(found and found[0])
 
     def select(self, where: Where, offset: int = 0, limit: int | None = None) -> tuple[list[WorkitemRow], int]:
-        """One page of matching workitems in insertion order, and the total number of matches."""
+        """One page of matching workitems in insertion order, and the total number of matches.
+
+        The total is only counted when the page is full (a short page is the end); a state-only query reads it
+        from the trigger-kept counters.
+        """
         with self._begin("BEGIN") as conn:  # one snapshot for the page and the count
-            total = conn.execute(f"SELECT COUNT(*) FROM workitems WHERE {where.sql}", where.params).fetchone()[0]
             rows = conn.execute(
                 f"SELECT {_ROW_COLUMNS} FROM workitems WHERE {where.sql} ORDER BY seq LIMIT ? OFFSET ?",
                 (*where.params, -1 if limit is None else limit, offset)).fetchall()
+            if limit is None or len(rows) < limit:
+                return [_row(r) for r in rows], offset + len(rows)
+            state = where.only_equals("state")
+            if state is not None:
+                counted = conn.execute("SELECT n FROM state_counts WHERE state = ?", (state,)).fetchone()
+                total = counted[0] if counted else 0
+            else:
+                total = conn.execute(f"SELECT COUNT(*) FROM workitems WHERE {where.sql}",
+                                     where.params).fetchone()[0]
         return [_row(r) for r in rows], total
 
     def counts_by_state(self) -> dict[str, int]:
-        return dict(self._connection().execute("SELECT state, COUNT(*) FROM workitems GROUP BY state"))
+        return dict(self._connection().execute("SELECT state, n FROM state_counts WHERE n > 0"))
 
     # -- writes --------------------------------------------------------------------------------------------
     def insert_many(self, rows: Iterable[WorkitemRow], batch: int = 5000) -> int:

@@ -85,6 +85,7 @@ def test_migrations_from_every_older_version(path):
         store = WorkitemStore(file)
         assert store.schema_version == SCHEMA_VERSION
         assert store.get("1.2.7").state == "SCHEDULED"
+        assert store.counts_by_state() == {"SCHEDULED": 1}  # counters start from the rows already there
         store.enqueue_event("STABLE_STUDY", "s1")
         assert len(store.pending_events()) == 1
         store.close()
@@ -117,3 +118,23 @@ def test_searches_use_an_index_not_a_full_scan(path, where):
     plan = " | ".join(r[-1] for r in store._connection().execute(
         f"EXPLAIN QUERY PLAN SELECT uid FROM workitems WHERE {where.sql} ORDER BY seq LIMIT 100", where.params))
     assert "SCAN workitems" not in plan and "INDEX" in plan, plan
+
+
+def test_state_counters_follow_inserts_state_changes_and_purges(path):
+    store = WorkitemStore(path)
+    with store.transaction() as tx:
+        for n in range(6):
+            tx.insert(_row(f"1.2.{n}"))
+    for n, state in ((0, "IN PROGRESS"), (1, "IN PROGRESS"), (2, "COMPLETED")):
+        with store.transaction() as tx:
+            row = tx.get(f"1.2.{n}")
+            row.dataset["00741000"] = {"vr": "CS", "Value": [state]}  # the state column follows the dataset
+            tx.replace(row)
+    with store.transaction() as tx:
+        tx.purge(["1.2.2"], "2024-02-01T00:00:00")
+    truth = dict(store._connection().execute("SELECT state, COUNT(*) FROM workitems GROUP BY state"))
+    assert store.counts_by_state() == truth == {"SCHEDULED": 3, "IN PROGRESS": 2}
+    rows, total = store.select(criteria.equals("state", "SCHEDULED"), 0, 2)
+    assert len(rows) == 2 and total == 3
+    rows, total = store.select(criteria.equals("state", "SCHEDULED"), 2, 2)
+    assert len(rows) == 1 and total == 3

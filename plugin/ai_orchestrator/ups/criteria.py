@@ -27,6 +27,10 @@ class Where:
     def __and__(self, other: "Where") -> "Where":
         return Where(self.clauses + other.clauses, self.params + other.params)
 
+    def only_equals(self, column: str) -> str | None:
+        """The value when this is exactly ``column = value`` and nothing else (lets the store use counters)."""
+        return self.params[0] if self.clauses == (f"{column} = ?",) else None
+
 
 def _column(name: str) -> str:
     if name not in _COLUMNS:
