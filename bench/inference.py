@@ -12,6 +12,7 @@ model and encode stages, under 1 s per 100 slices; b/a under 1.5.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -78,12 +79,16 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--model", default="ct_chest_quant", help="module name in models/ (the only one loaded)")
     args = parser.parse_args()
     device = resolve_device("auto")
-    model = Registry.load(REPO_DIR / "models").get("ct-chest-quant")
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"phantom {args.slices} x {args.rows} x {args.rows}")
+    models_dir = work / "models"  # this model alone, so no other model's runs share the machine
+    models_dir.mkdir()
+    shutil.copy(REPO_DIR / "models" / f"{args.model}.py", models_dir)
+    [model] = Registry.load(models_dir).models
+    print(f"model {model.name} {model.version}, device {device}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, phantom {args.slices} x {args.rows} x {args.rows}")
 
     bare_runs = []
     for run in range(args.runs + 1):  # the first run warms up
@@ -95,7 +100,8 @@ def main() -> int:
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
 
     e2e_runs = []
-    with OrthancServer(work / "orthanc", stable_age=1) as server:
+    with OrthancServer(work / "orthanc", stable_age=1,
+                       extra_env={"AI_ORCHESTRATOR_MODELS_DIR": str(models_dir)}) as server:
         for run in range(args.runs + 1):
             patient = f"BENCH{run}"
             phantom = make_chest_phantom(slices=args.slices, rows=args.rows, seed=run, patient_id=patient)

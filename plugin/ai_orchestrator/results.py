@@ -131,6 +131,14 @@ def _measurement(measurement: "Measurement", algorithm_id: hd.sr.AlgorithmIdenti
                              derivation=measurement.derivation, algorithm_id=algorithm_id)
 
 
+def _referenced_segment(seg: Dataset, number: int) -> hd.sr.ReferencedSegment:
+    """The whole segment of ``seg`` (by its source series). Not ``ReferencedSegment.from_segmentation``: it reads
+    per-frame segment identification, which a single-segment SEG keeps in the shared functional groups."""
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
+        source_series=hd.sr.SourceSeriesForSegmentation(seg.ReferencedSeriesSequence[0].SeriesInstanceUID))
+
+
 def _measurement_group(label: str | None, measurements: list[hd.sr.Measurement], seg: Dataset | None,
                        segment_numbers: Mapping[str, int], source_datasets: Sequence[Dataset],
                        algorithm_id: hd.sr.AlgorithmIdentification) -> Any:
@@ -138,7 +146,7 @@ def _measurement_group(label: str | None, measurements: list[hd.sr.Measurement],
     if label is not None and seg is not None and label in segment_numbers:
         return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking,
-            referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_numbers[label]),
+            referenced_segment=_referenced_segment(seg, segment_numbers[label]),
             algorithm_id=algorithm_id,
             measurements=measurements,
         )

@@ -1,8 +1,4 @@
-import shutil
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -15,35 +11,9 @@ from ai_orchestrator.imaging import load_volume
 from ai_orchestrator.phantom import make_chest_phantom
 from ai_orchestrator.registry import Registry
 from ai_orchestrator.results import MANUFACTURER, is_own_result, write_sc, write_seg, write_sr
+from tests.dicom_checks import content_items, dciodvfy_errors, dciodvfy_path, numeric_items
 
 DEVICE = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-
-
-def _dciodvfy() -> str | None:
-    beside_python = Path(sys.executable).parent / "dciodvfy"
-    return str(beside_python) if beside_python.exists() else shutil.which("dciodvfy")
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """The "Error" lines dciodvfy reports for a file (warnings are allowed)."""
-    run = subprocess.run([_dciodvfy(), "-new", str(path)], capture_output=True, text=True, timeout=60)
-    output = run.stdout + run.stderr
-    assert output.strip(), "dciodvfy printed nothing (it names the IOD it checked when it works)"
-    return [line for line in output.splitlines() if line.startswith("Error")]
-
-
-def content_items(content):
-    """Every content item of an SR tree, depth first."""
-    for item in content:
-        yield item
-        yield from content_items(item.get("ContentSequence", []))
-
-
-def numeric_items(content) -> dict[str, tuple[float, str]]:
-    """Concept name -> (value, unit code) of every NUM content item."""
-    return {item.ConceptNameCodeSequence[0].CodeMeaning: (float(item.MeasuredValueSequence[0].NumericValue),
-                                                          item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue)
-            for item in content_items(content) if item.ValueType == "NUM"}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +37,7 @@ def written(model, tmp_path_factory):
     return {"phantom": phantom, "volume": volume, "result": result, "paths": paths}
 
 
-@pytest.mark.skipif(_dciodvfy() is None, reason="dciodvfy (dicom3tools) is not installed")
+@pytest.mark.skipif(dciodvfy_path() is None, reason="dciodvfy (dicom3tools) is not installed")
 @pytest.mark.parametrize("kind", ["CT", "SEG", "SR", "SC"])
 def test_dciodvfy_finds_no_errors(written, kind):
     assert dciodvfy_errors(written["paths"][kind]) == []
@@ -150,3 +120,21 @@ def test_full_size_pipeline_is_fast_and_true(model):
     assert measured["Volume"] == pytest.approx(phantom.truth.lung_volume_ml, rel=0.05)
     assert measured["Lung volume below -950 HU (percent)"] == pytest.approx(phantom.truth.laa950_percent, rel=0.05)
     assert predicted - started < 5.0 and encoded - predicted < 10.0
+
+
+def test_single_segment_result_sr_references_its_seg(tmp_path):
+    """A one-segment SEG keeps segment identification in the shared groups; the SR must still reference it."""
+    model = Registry.load().get("learned-lungs")
+    phantom = make_chest_phantom(None, slices=16, rows=96, seed=3)
+    volume = load_volume(phantom.datasets)
+    result = model.predict(volume, DEVICE, {})
+    assert len(result.segments) == 1
+    seg = write_seg(result, volume.datasets, model)
+    sr = write_sr(result, volume.datasets, model, seg)
+    images = [item.ReferencedSOPSequence[0] for item in content_items(sr.ContentSequence) if item.ValueType == "IMAGE"]
+    assert any(ref.ReferencedSOPInstanceUID == seg.SOPInstanceUID and ref.ReferencedSegmentNumber == 1
+               for ref in images)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    if dciodvfy_path():
+        assert dciodvfy_errors(path) == []
