@@ -90,24 +90,22 @@ def main() -> int:
     print(f"model {model.name} {model.version}, device {device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, phantom {args.slices} x {args.rows} x {args.rows}")
 
-    bare_runs = []
-    for run in range(args.runs + 1):  # the first run warms up
-        phantom = make_chest_phantom(work / f"bare{run}", slices=args.slices, rows=args.rows, seed=run)
-        timings = bare_pipeline(phantom.paths, model, device)
-        if run:
-            bare_runs.append(timings)
-    if device.type == "cuda":
-        print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-
-    e2e_runs = []
+    bare_runs, e2e_runs = [], []
     with OrthancServer(work / "orthanc", stable_age=1,
                        extra_env={"AI_ORCHESTRATOR_MODELS_DIR": str(models_dir)}) as server:
-        for run in range(args.runs + 1):
+        for run in range(args.runs + 1):  # the first run warms up; (a) and (b) alternate so both see the same machine
             patient = f"BENCH{run}"
-            phantom = make_chest_phantom(slices=args.slices, rows=args.rows, seed=run, patient_id=patient)
+            phantom = make_chest_phantom(work / f"phantom{run}", slices=args.slices, rows=args.rows, seed=run,
+                                         patient_id=patient)
+            bare = bare_pipeline(phantom.paths, model, device)
             total, stages = end_to_end(server, phantom.datasets, patient)
+            print(f"  run {run}{' (warm-up)' if not run else ''}: bare {sum(bare.values()):.3f} s {bare}; "
+                  f"in Orthanc {total:.3f} s {stages}")
             if run:
+                bare_runs.append(bare)
                 e2e_runs.append((total, stages))
+    if device.type == "cuda":
+        print(f"peak GPU memory in the bare runs {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
 
     def median(values):
         return statistics.median(values) if values else 0.0
