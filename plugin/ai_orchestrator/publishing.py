@@ -47,7 +47,7 @@ class ResultPublisher:
     def publish(self, job: Any, result: Any) -> list[OutputSeries]:
         """Encode, store in Orthanc, forward if configured; answers the series for Output Information."""
         with job.timer.stage("encode"):
-            objects = encode(result, job.volume.datasets, job.model)
+            objects = encode(result, job.sources, job.model)
             blobs = [to_bytes(dataset) for dataset in objects]
         with job.timer.stage("store"):
             stored = [self.gateway.post_instance(blob) for blob in blobs]

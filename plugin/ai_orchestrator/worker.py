@@ -42,7 +42,8 @@ class Job:
     model: Any  # registry.ModelSpec
     started: datetime
     timer: StageTimer = field(default_factory=StageTimer)
-    volume: Any = None
+    sources: list = field(default_factory=list)  # the input datasets, which results reference
+    volume: Any = None  # what model.prepare made of them
 
 
 class RunContext(dict):
@@ -169,10 +170,11 @@ class InferenceWorker:
             series = input_series(workitem)
             if not series:
                 raise ValueError("the workitem has no Input Information Sequence")
-            datasets = fetch_series(self.gateway, series[0], job.timer)
+            job.sources = fetch_series(self.gateway, series[0], job.timer)
             self.checkpoint(job)
             with job.timer.stage("decode"):
-                job.volume = model.prepare(datasets)
+                job.volume = model.prepare(job.sources)
+                job.sources = list(getattr(job.volume, "datasets", job.sources))  # in slice order when sorted
             return job
         except Exception as error:
             self._failed(job, claim, error)
@@ -196,7 +198,7 @@ class InferenceWorker:
             except Exception as error:
                 self._failed(job, job.claim, error)
             finally:
-                job.volume = None
+                job.volume, job.sources = None, []
 
     def _complete(self, job: Job, outputs: list) -> None:
         code = Dataset.from_json(job.workitem).ScheduledWorkitemCodeSequence[0]
