@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 export VENV
 
-.PHONY: install install-test run test test-unit demo bench
+.PHONY: install install-test run test test-unit demo bench bench-inference
 
 install:
 	scripts/install.sh
@@ -23,5 +23,8 @@ test-unit: install-test
 bench: install-test
 	$(PYTHON) bench/workitems.py
 
-demo:
+bench-inference: install-test
+	$(PYTHON) bench/inference.py
+
+demo: install
 	PYTHONPATH=plugin $(PYTHON) scripts/demo.py

@@ -47,7 +47,9 @@ fi
 extras=""
 [ "$with_tests" = 1 ] && extras="[test]"
 stamp="$venv/.ai-orchestrator-installed"
-want="$(sha256sum "$repo_dir/pyproject.toml" | cut -c1-64) $torch_spec $extras $repo_dir"
+recipe="$(sha256sum "$repo_dir/pyproject.toml" | cut -c1-64) $torch_spec"
+want="$recipe $extras $repo_dir"
+with_test_extras="$recipe [test] $repo_dir"  # a venv with the test tools also serves `make run`
 
 if [ -x "$venv/bin/python" ] && [ "$(readlink -f "$venv/bin/python")" != "$(readlink -f $python)" ]; then
   log "$venv was not made with $python: recreating it"
@@ -57,7 +59,8 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating venv $venv with $python"
   "$python" -m venv "$venv"
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+installed=$(cat "$stamp" 2>/dev/null || true)
+if [ "$installed" != "$want" ] && [ "$installed" != "$with_test_extras" ]; then
   log "installing Python packages into $venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "$torch_spec" 2>&1 | grep -v 'is ignored' >&2 || true
   "$venv/bin/pip" install -q --disable-pip-version-check -e "$repo_dir$extras" 2>&1 | grep -v 'is ignored' >&2 || true

@@ -19,7 +19,7 @@ def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], slices: torch.Tensor
     """Apply ``fn`` to ``slices`` (N, ...) in batches on ``device`` under ``torch.inference_mode``.
 
     On out-of-memory the batch is halved and the failed batch retried; a batch of one that still does not
-    fit raises. Answers the concatenated outputs on ``device``.
+    fit raises. Answers the outputs of ``fn``, concatenated.
     """
     outputs: list[torch.Tensor] = []
     start, size = 0, max(1, batch_size)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batching import run_batched
 from .imaging import Volume
 
 
@@ -44,6 +45,7 @@ class TorchScriptSegmenter:
     weights: Path
     preprocessing: Preprocessing
     batch_size: int = 16
+    _networks: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # device -> network
 
     def check(self) -> None:
         if not self.weights.is_file():
@@ -55,19 +57,26 @@ class TorchScriptSegmenter:
             network = torch.jit.load(str(self.weights), map_location=device)
         return network.eval()
 
+    def network(self, device: torch.device) -> torch.jit.ScriptModule:
+        """The network on ``device``, loaded once and kept resident (never reloaded per study)."""
+        key = str(device)
+        if key not in self._networks:
+            self._networks[key] = self.load(device)
+        return self._networks[key]
+
     def label_map(self, volume: Volume, device: torch.device) -> np.ndarray:
-        """uint8 [slice, row, col] labels of the volume."""
-        network = self.load(device)
+        """uint8 [slice, row, col] labels of the volume, in slice batches that halve on GPU out-of-memory."""
+        network = self.network(device)
         rows, columns = volume.shape[1:]
-        labels = []
+
+        def segment(hu: torch.Tensor) -> torch.Tensor:
+            logits = network(self.preprocessing(hu))
+            logits = F.interpolate(logits, size=(rows, columns), mode="bilinear", align_corners=False)
+            return channel_argmax(logits).cpu()
+
         # no profiling executor: it recompiles for every new batch shape, which costs more than it saves here
-        with torch.inference_mode(), torch.jit.optimized_execution(False):
-            for start in range(0, volume.shape[0], self.batch_size):
-                hu = torch.from_numpy(volume.hu[start:start + self.batch_size]).to(device)
-                logits = network(self.preprocessing(hu))
-                logits = F.interpolate(logits, size=(rows, columns), mode="bilinear", align_corners=False)
-                labels.append(channel_argmax(logits).cpu())
-        return torch.cat(labels).numpy()
+        with torch.jit.optimized_execution(False):
+            return run_batched(segment, torch.from_numpy(volume.hu), self.batch_size, device).numpy()
 
 
 def channel_argmax(logits: torch.Tensor) -> torch.Tensor:
