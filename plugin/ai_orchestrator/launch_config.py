@@ -61,7 +61,22 @@ def build(base: dict, environ: Mapping[str, str], repo_dir: Path) -> dict:
         plugin.setdefault("ModelsDirectory", str(repo_dir / "models"))
     if environ.get("AI_ORCHESTRATOR_DEVICE"):
         plugin["Device"] = environ["AI_ORCHESTRATOR_DEVICE"]
+    plugin.update(_settings_override(environ))
     return config
+
+
+def _settings_override(environ: Mapping[str, str]) -> dict:
+    """``AI_ORCHESTRATOR_SETTINGS``: a JSON object merged over the "AiOrchestrator" section (containers, tests)."""
+    raw = environ.get("AI_ORCHESTRATOR_SETTINGS", "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise LaunchConfigError(f"AI_ORCHESTRATOR_SETTINGS is not JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise LaunchConfigError("AI_ORCHESTRATOR_SETTINGS must be a JSON object, e.g. {\"LeaseSeconds\": 600}")
+    return value
 
 
 def _apply_access(config: dict, environ: Mapping[str, str]) -> None:
