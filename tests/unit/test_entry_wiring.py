@@ -1,0 +1,101 @@
+"""The entry module wired to orthanc-server-extensions' Orthanc test double: events recorded, REST answered."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+import pytest
+from orthanc_ext.orthanc import OrthancApiHandler
+
+from ai_orchestrator.store import WorkitemStore
+
+
+class FakeOrthanc(OrthancApiHandler):
+    """The double plus the few plugin-SDK calls the entry module makes."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.routes, self.errors = {}, []
+
+    def RegisterRestCallback(self, pattern, callback):
+        self.routes[pattern] = callback
+
+    def RestApiGet(self, uri):
+        return json.dumps({"Version": "1.10.1"}) if uri == "/system" else "{}"
+
+    def LogError(self, message):
+        self.errors.append(message)
+
+
+class Plugin40Output:
+    """RestOutput of the Python plugin 4.0: SendHttpStatus takes (status, str body, size)."""
+
+    def __init__(self):
+        self.headers, self.answer = {}, None
+
+    def SetHttpHeader(self, name, value):
+        self.headers[name] = value
+
+    def AnswerBuffer(self, body, mime):
+        self.answer = (200, body, mime)
+
+    def SendHttpStatus(self, status, body, size):
+        if not isinstance(body, str):
+            raise TypeError("Bad types for the arguments (3 arguments expected)")
+        self.answer = (status, body.encode()[:size], None)
+
+    def SendHttpStatusCode(self, status):
+        self.answer = (status, b"", None)
+
+    def SendMethodNotAllowed(self, allowed):
+        self.answer = (405, b"", allowed)
+
+
+@pytest.fixture
+def wired(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    fake = FakeOrthanc({"HttpPort": 8042, "AiOrchestrator": {"DataDirectory": str(tmp_path),
+                                                             "ModelsDirectory": str(models), "Workers": 0}})
+    monkeypatch.setitem(sys.modules, "orthanc", fake)
+    entry = importlib.reload(importlib.import_module("ai_orchestrator.entry"))
+    entry.start()
+    return fake, tmp_path
+
+
+def call(fake, method, uri, body=b""):
+    [callback] = fake.routes.values()
+    output = Plugin40Output()
+    callback(output, uri, method=method, headers={"host": "pacs:8042"}, get={}, body=body)
+    return output
+
+
+def test_stable_study_event_is_recorded_durably_and_nothing_else_happens(wired):
+    fake, data_dir = wired
+    fake.on_change(fake.ChangeType.STABLE_STUDY, fake.ResourceType.STUDY, "study-1")
+    fake.on_change(fake.ChangeType.DELETED, fake.ResourceType.SERIES, "series-9")  # only studies matter
+    fake.on_change(fake.ChangeType.DELETED, fake.ResourceType.STUDY, "study-2")
+    store = WorkitemStore(data_dir / "ai-orchestrator.sqlite")
+    assert [(e.kind, e.resource_id) for e in store.pending_events()] == [
+        ("stable_study", "study-1"), ("deleted_study", "study-2")]
+
+
+def test_rest_answers_through_the_plugin_4_0_status_shim(wired):
+    fake, _ = wired
+    created = call(fake, "POST", "/ai-orchestrator/workitems", b"{not json")
+    status, body, _ = created.answer
+    assert status == 400 and "error" in json.loads(body)
+    system = call(fake, "GET", "/ai-orchestrator/system")
+    assert system.answer[0] == 200 and json.loads(system.answer[1])["OrthancVersion"] == "1.10.1"
+    assert call(fake, "DELETE", "/ai-orchestrator/system").answer == (405, b"", "GET")
+
+
+def test_a_startup_failure_answers_503_everywhere_and_is_logged(tmp_path, monkeypatch):
+    fake = FakeOrthanc({"AiOrchestrator": {"DataDirectory": str(tmp_path), "Workers": "many"}})
+    monkeypatch.setitem(sys.modules, "orthanc", fake)
+    importlib.reload(importlib.import_module("ai_orchestrator.entry")).start()
+    status, body, _ = call(fake, "GET", "/ai-orchestrator/workitems").answer
+    assert status == 503 and "Workers" in json.loads(body)["error"]
+    assert any("failed to start" in message for message in fake.errors)
