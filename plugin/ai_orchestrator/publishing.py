@@ -45,13 +45,17 @@ class ResultPublisher:
         self.gateway, self.dicomweb_url, self.forwarding = gateway, dicomweb_url.rstrip("/"), forwarding
 
     def publish(self, job: Any, result: Any) -> list[OutputSeries]:
-        """Encode, store in Orthanc, forward if configured; answers the series for Output Information."""
+        """Encode, store in Orthanc, forward if configured; answers the series for Output Information.
+
+        Destinations are resolved first: a workitem naming an unknown one fails before anything is stored.
+        """
+        destinations = self._destinations(job.workitem)
         with job.timer.stage("encode"):
             objects = encode(result, job.sources, job.model)
             blobs = [to_bytes(dataset) for dataset in objects]
         with job.timer.stage("store"):
             stored = [self.gateway.post_instance(blob) for blob in blobs]
-        self._forward(job, [answer["ID"] for answer in stored], stored[0]["ParentStudy"] if stored else None)
+        self._forward(destinations, [answer["ID"] for answer in stored], stored[0]["ParentStudy"] if stored else None)
         return [self._output(dataset) for dataset in objects]
 
     def _output(self, dataset: Dataset) -> OutputSeries:
@@ -59,10 +63,12 @@ class ResultPublisher:
         return OutputSeries(study, series, ((str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)),),
                             f"{self.dicomweb_url}/studies/{study}/series/{series}")
 
-    def _forward(self, job: Any, instance_ids: list[str], study_id: str | None) -> None:
-        destinations = [self.forwarding.modality] if self.forwarding.modality else []
-        destinations += self._requested_destinations(job.workitem)
-        for modality in dict.fromkeys(destinations):
+    def _destinations(self, workitem: dict) -> list[str]:
+        configured = [self.forwarding.modality] if self.forwarding.modality else []
+        return list(dict.fromkeys(configured + self._requested_destinations(workitem)))
+
+    def _forward(self, destinations: list[str], instance_ids: list[str], study_id: str | None) -> None:
+        for modality in destinations:
             self.gateway.post_json(f"/modalities/{modality}/store",
                                    {"Resources": instance_ids, "Synchronous": True})
             log.info("forwarded %d result instance(s) to %s", len(instance_ids), modality)
