@@ -130,7 +130,8 @@ class Orchestrator:
             self.worker.wake()
 
     def _housekeeping_step(self) -> None:
-        report = run_housekeeping(self.service, utc_now(), self.housekeeping_settings)
+        report = run_housekeeping(self.service, utc_now(), self.housekeeping_settings,
+                                  keep_going=lambda: not self._tasks[1].stopping)
         if any(getattr(report, name) for name in ("not_started", "lease_expired", "purged", "errors")):
             log.warning("housekeeping: %s", report)
         if report.replacements and self.worker:
@@ -144,12 +145,14 @@ class Orchestrator:
             self.worker.start()
 
     def stop(self) -> None:
-        for task in self._tasks:
-            task.stop()
+        ended = [task.stop() for task in self._tasks]
         if self.worker:
-            self.worker.stop()
-        self.ledger.close()
-        self.store.close()
+            ended.append(self.worker.stop())
+        if all(ended):
+            self.ledger.close()
+            self.store.close()
+        else:  # closing under a running thread would only turn its last step into errors; the WAL is durable
+            log.warning("background work still running at shutdown: the store is left to close with the process")
 
     def describe_startup(self) -> str:
         models = ", ".join(f"{entry['name']} ({entry['status']})" for entry in self.registry.describe()) or "none"

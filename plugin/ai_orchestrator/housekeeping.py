@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from .intake import ItemFacts, create_idempotent, force_cancel_quietly, replacement_of
 from .ups.constants import IN_PROGRESS, SCHEDULED
@@ -72,21 +72,32 @@ def cutoffs(now: datetime, settings: HousekeepingSettings) -> Cutoffs:
                    retention=_before(now, timedelta(days=settings.retention_days or 0)))
 
 
-def run_housekeeping(service: Any, now: datetime, settings: HousekeepingSettings) -> Report:
-    """One pass over the workitems. Per-item failures are logged and reported; the pass goes on."""
+def run_housekeeping(service: Any, now: datetime, settings: HousekeepingSettings,
+                     keep_going: Callable[[], bool] = lambda: True) -> Report:
+    """One pass over the workitems. Per-item failures are logged and reported; the pass goes on.
+
+    ``keep_going`` is asked before each item, so a shutdown does not wait for a long pass to finish.
+    """
     report, limits = Report(), cutoffs(now, settings)
     if limits.scheduled:
         reason = not_started_reason(settings.scheduled_max_age_s or 0)
-        for uid in service.find_stale(SCHEDULED, limits.scheduled):
+        for uid in _while(keep_going, service.find_stale(SCHEDULED, limits.scheduled)):
             _guarded(report, uid, lambda uid=uid: _cancel_not_started(service, uid, reason, report))
     if limits.lease:
-        for uid in service.find_stale(IN_PROGRESS, limits.lease):
+        for uid in _while(keep_going, service.find_stale(IN_PROGRESS, limits.lease)):
             _guarded(report, uid, lambda uid=uid: _expire_lease(service, uid, now, settings.max_attempts, report))
-    if limits.retention:
+    if limits.retention and keep_going():
         report.purged = service.purge_final(limits.retention)
     if report != Report():
         log.info("housekeeping: %s", report)
     return report
+
+
+def _while(keep_going: Callable[[], bool], uids: list[str]) -> Iterator[str]:
+    for uid in uids:
+        if not keep_going():
+            return
+        yield uid
 
 
 def _guarded(report: Report, uid: str, step: Any) -> None:

@@ -99,11 +99,15 @@ class InferenceWorker:
         for thread in self._threads:
             thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the threads to end (a run in progress finishes its current stage); answers whether they ended.
+
+        What was held IN PROGRESS stays in the claim ledger and is recovered at the next start."""
         self._stop.set()
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout)
+        return not any(thread.is_alive() for thread in self._threads)
 
     def wake(self) -> None:
         """New work may be there: claim now rather than at the next poll."""

@@ -171,3 +171,12 @@ def test_real_service_not_started_and_purge(real):
     clock.now += timedelta(days=2)
     assert run_housekeeping(service, clock.now, settings).purged == 1
     assert service.find() == []
+
+
+def test_a_pass_stops_between_items_when_asked():
+    service, uids = service_with(SCHEDULED, SCHEDULED, SCHEDULED)
+    answers = iter([True, False])  # yes for the first item, then a shutdown arrives
+    report = run_housekeeping(service, NOW + 2 * HOUR, HousekeepingSettings(scheduled_max_age_s=60),
+                              keep_going=lambda: next(answers, False))
+    assert len(report.not_started) == 1
+    assert sum(ItemFacts.from_json(service.items[uid]).state == SCHEDULED for uid in uids) == 2
