@@ -62,8 +62,10 @@ class Orchestrator:
             {(m.algorithm.value, m.algorithm.scheme_designator): m for m in self.registry.models},
             self.ledger, self.device, publisher.publish,
             max_attempts=settings.max_attempts, loaders=settings.workers) if settings.workers else None
-        self._tasks = [PeriodicTask("ai-intake", self._intake_step, INTAKE_POLL_S),
-                       PeriodicTask("ai-housekeeping", self._housekeeping_step, settings.housekeeping_interval_s)]
+        self._intake_task = PeriodicTask("ai-intake", self._intake_step, INTAKE_POLL_S)
+        self._housekeeping_task = PeriodicTask("ai-housekeeping", self._housekeeping_step,
+                                               settings.housekeeping_interval_s)
+        self._tasks = (self._intake_task, self._housekeeping_task)
         self._routes = [
             (re.compile(r"^/system/?$"), self._system),
             (re.compile(r"^/workitems(/.*)?$"), self.workitems.handle),
@@ -119,11 +121,11 @@ class Orchestrator:
     # Change events: record durably and return (the intake thread does the work)
     def on_stable_study(self, orthanc_study_id: str) -> None:
         self.store.enqueue_event(STABLE_STUDY, orthanc_study_id)
-        self._tasks[0].wake()
+        self._intake_task.wake()
 
     def on_deleted_study(self, orthanc_study_id: str) -> None:
         self.store.enqueue_event(DELETED_STUDY, orthanc_study_id)
-        self._tasks[0].wake()
+        self._intake_task.wake()
 
     def _intake_step(self) -> None:
         if self.intake.process_pending() and self.worker:
@@ -131,7 +133,7 @@ class Orchestrator:
 
     def _housekeeping_step(self) -> None:
         report = run_housekeeping(self.service, utc_now(), self.housekeeping_settings,
-                                  keep_going=lambda: not self._tasks[1].stopping)
+                                  keep_going=lambda: not self._housekeeping_task.stopping)
         if any(getattr(report, name) for name in ("not_started", "lease_expired", "purged", "errors")):
             log.warning("housekeeping: %s", report)
         if report.replacements and self.worker:
