@@ -26,7 +26,7 @@ from .http_types import Request, Response
 from .intake import DELETED_STUDY, STABLE_STUDY, IntakeProcessor, IntakeSettings, default_matcher
 from .manual_run import ManualRunError, schedule_run
 from .orthanc_gateway import OrthancGateway
-from .publishing import Forwarding, ResultPublisher
+from .publishing import Forwarding, ResultPublisher, warm_up_encoders
 from .registry import Registry
 from .service import WorkitemService, utc_now
 from .store import WorkitemStore
@@ -62,6 +62,11 @@ class Orchestrator:
             {(m.algorithm.value, m.algorithm.scheme_designator): m for m in self.registry.models},
             self.ledger, self.device, publisher.publish,
             max_attempts=settings.max_attempts, loaders=settings.workers) if settings.workers else None
+        if self.worker and self.registry.models:
+            try:
+                warm_up_encoders()
+            except Exception:  # all it costs is a slower first study
+                log.warning("warming up the result encoders failed", exc_info=True)
         self._intake_task = PeriodicTask("ai-intake", self._intake_step, INTAKE_POLL_S)
         self._housekeeping_task = PeriodicTask("ai-housekeeping", self._housekeeping_step,
                                                settings.housekeeping_interval_s)

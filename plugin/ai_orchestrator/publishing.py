@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import pydicom
 from pydicom import Dataset
+from pydicom.sr.coding import Code
+from pydicom.sr.codedict import codes
 
 from .orthanc_gateway import OrthancGateway
 from .performed import OutputSeries
@@ -38,6 +40,30 @@ def to_bytes(dataset: Dataset) -> bytes:
     buffer = BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def warm_up_encoders() -> list[Dataset]:
+    """Encode a tiny result once, at start-up, and throw it away.
+
+    highdicom loads its tables of the standard on first use (about 200,000 Python objects, half a second). Loaded
+    here, before the entry module freezes start-up objects out of the garbage collector, they neither slow the
+    first study down nor get rescanned by every full collection during later runs.
+    """
+    from .phantom import make_chest_phantom
+    from .registry import Measurement, ModelResult, ModelSpec, Segment
+
+    phantom = make_chest_phantom(slices=2, rows=32)
+    model = ModelSpec(name="warm-up", version="0", algorithm=Code("warm-up", "99AIORCH", "Warm-up"),
+                      applies_to={"Modality": "CT"}, predict=lambda *_: None)
+    lung = phantom.labels > 0
+    result = ModelResult(
+        segments=(Segment("Body", lung, codes.SCT.AnatomicalStructure, codes.SCT.Lung),),
+        measurements=(Measurement(codes.SCT.Volume, 1.0, Code("ml", "UCUM", "milliliter"), "Body"),),
+    )
+    objects = encode(result, phantom.datasets, model)
+    for dataset in objects:
+        to_bytes(dataset)
+    return objects
 
 
 class ResultPublisher:

@@ -12,7 +12,7 @@ from pydicom import Dataset
 
 from ai_orchestrator.imaging import load_volume
 from ai_orchestrator.phantom import make_chest_phantom
-from ai_orchestrator.publishing import Forwarding, ResultPublisher
+from ai_orchestrator.publishing import Forwarding, ResultPublisher, warm_up_encoders
 from ai_orchestrator.registry import Registry
 from ai_orchestrator.timing import StageTimer
 
@@ -87,3 +87,9 @@ def test_an_unknown_destination_is_an_error_naming_it(run):
     with pytest.raises(LookupError, match="NOWHERE"):
         ResultPublisher(gateway, "http://x/dicom-web").publish(job(model, volume, ["NOWHERE"]), result)
     assert gateway.stored == []  # checked before anything is stored, so a retry cannot duplicate results
+
+
+def test_the_start_up_warm_up_encodes_every_kind_of_result():
+    objects = warm_up_encoders()
+    assert [ds.Modality for ds in objects] == ["SEG", "SR", "OT"]
+    assert all(ds.Manufacturer == "Orthanc AI Orchestrator" for ds in objects)
