@@ -25,9 +25,8 @@ class InputSeries:
     sop_instance_uids: tuple[str, ...]
 
 
-def input_series(workitem: dict) -> list[InputSeries]:
-    """The series of Input Information Sequence (0040,4021), largest first."""
-    dataset = Dataset.from_json(workitem)
+def input_series(dataset: Dataset) -> list[InputSeries]:
+    """The series of a workitem's Input Information Sequence (0040,4021), largest first."""
     found = [
         InputSeries(
             str(dataset.get("PatientID", "")),

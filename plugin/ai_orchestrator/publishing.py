@@ -89,7 +89,7 @@ class ResultPublisher:
         return OutputSeries(study, series, ((str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)),),
                             f"{self.dicomweb_url}/studies/{study}/series/{series}")
 
-    def _destinations(self, workitem: dict) -> list[str]:
+    def _destinations(self, workitem: Dataset) -> list[str]:
         configured = [self.forwarding.modality] if self.forwarding.modality else []
         return list(dict.fromkeys(configured + self._requested_destinations(workitem)))
 
@@ -101,10 +101,10 @@ class ResultPublisher:
         if destinations and self.forwarding.delete_study_after and study_id:
             self.gateway.delete(f"/studies/{study_id}")
 
-    def _requested_destinations(self, workitem: dict) -> list[str]:
+    def _requested_destinations(self, workitem: Dataset) -> list[str]:
         """Orthanc modalities whose AE title the workitem's Output Destination Sequence (0040,4070) names."""
         titles = {str(storage.DestinationAE)
-                  for destination in Dataset.from_json(workitem).get("OutputDestinationSequence", [])
+                  for destination in workitem.get("OutputDestinationSequence", [])
                   for storage in destination.get("DICOMStorageSequence", []) if "DestinationAE" in storage}
         if not titles:
             return []

@@ -38,7 +38,7 @@ class CancelRequested(Exception):
 @dataclass
 class Job:
     claim: Claim
-    workitem: dict
+    workitem: Dataset  # parsed once: a workitem lists every input instance, and parsing it is not free
     model: Any  # registry.ModelSpec
     started: datetime
     timer: StageTimer = field(default_factory=StageTimer)
@@ -65,8 +65,8 @@ class RunContext(dict):
         self._worker.checkpoint(self._job)
 
 
-def _algorithm_code(workitem: dict) -> AlgorithmCode | None:
-    codes = Dataset.from_json(workitem).get("ScheduledWorkitemCodeSequence") or []
+def _algorithm_code(workitem: Dataset) -> AlgorithmCode | None:
+    codes = workitem.get("ScheduledWorkitemCodeSequence") or []
     return (str(codes[0].CodeValue), str(codes[0].CodingSchemeDesignator)) if codes else None
 
 
@@ -166,7 +166,7 @@ class InferenceWorker:
     def _load(self, claim: Claim) -> Job | None:
         job = None
         try:
-            workitem = self.service.retrieve(claim.uid)
+            workitem = Dataset.from_json(self.service.retrieve(claim.uid))
             model = self.models[_algorithm_code(workitem)]
             job = Job(claim, workitem, model, _now())
             attempt = self.ledger.count_attempt(claim.uid)
@@ -205,7 +205,7 @@ class InferenceWorker:
                 job.volume, job.sources = None, []
 
     def _complete(self, job: Job, outputs: list) -> None:
-        code = Dataset.from_json(job.workitem).ScheduledWorkitemCodeSequence[0]
+        code = job.workitem.ScheduledWorkitemCodeSequence[0]
         algorithm = (str(code.CodeValue), str(code.CodingSchemeDesignator), str(code.CodeMeaning))
         self.service.change_state(job.claim.uid, "COMPLETED", job.claim.transaction_uid,
                                   completed_attributes(job.started, _now(), algorithm, outputs))

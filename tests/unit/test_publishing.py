@@ -55,7 +55,7 @@ def job(model, volume, destinations=()):
             storage.DestinationAE = title
             destination.DICOMStorageSequence.append(storage)
         workitem.OutputDestinationSequence = [destination]
-    return SimpleNamespace(model=model, sources=list(volume.datasets), workitem=workitem.to_json_dict(),
+    return SimpleNamespace(model=model, sources=list(volume.datasets), workitem=workitem,
                            timer=StageTimer())
 
 
