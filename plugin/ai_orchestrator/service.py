@@ -7,7 +7,6 @@ told after the commit.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Collection, Mapping
@@ -40,10 +39,12 @@ def _iso(moment: datetime) -> str:
 
 
 def _as_dataset(data: DatasetLike | None) -> Dataset:
+    """A dataset the service may change: a Dataset handed in becomes the service's (callers build one per call;
+    copying a workitem with its input references would cost more than the rest of a create)."""
     if data is None:
         return Dataset()
     if isinstance(data, Dataset):
-        return copy.deepcopy(data)
+        return data
     return from_json(dict(data))
 
 
