@@ -112,13 +112,15 @@ def main() -> int:
 
     bare_total = median([sum(t.values()) for t in bare_runs])
     e2e_total = median([total for total, _ in e2e_runs])
-    stage_names = ["fetch", "decode", "to-device", "model", "post-process", "encode", "store"]
+    stage_names = ["fetch", "decode", "to-device", "model", "post-process", "encode", "store", "bookkeeping"]
     print(f"\n{'stage':<14}{'(a) bare s':>12}{'(b) in Orthanc s':>18}")
     for name in stage_names:
         a = median([t.get(name, 0.0) for t in bare_runs])
         b = median([s.get(name, 0.0) for _, s in e2e_runs])
         if a or b:
             print(f"{name:<14}{a:>12.3f}{b:>18.3f}")
+    other = median([total - sum(v for k, v in s.items() if k in stage_names) for total, s in e2e_runs])
+    print(f"{'other':<14}{0.0:>12.3f}{other:>18.3f}   (intake to claim, hand-over between threads)")
     print(f"{'total':<14}{bare_total:>12.3f}{e2e_total:>18.3f}")
     model_encode = median([s.get("model", 0.0) + s.get("encode", 0.0) for _, s in e2e_runs])
     overhead = e2e_total - model_encode

@@ -1,4 +1,5 @@
-"""Stage timings of one inference run (fetch, decode, to-device, model, post-process, encode, store)."""
+"""Stage timings of one inference run (fetch, decode, to-device, model, post-process, encode, store, and the
+performer's own bookkeeping: progress reports and cancel checks)."""
 
 from __future__ import annotations
 

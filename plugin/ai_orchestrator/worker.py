@@ -216,12 +216,15 @@ class InferenceWorker:
     # progress, cancel, failure
     def report(self, job: Job, percent: float, description: str) -> None:
         try:
-            self.service.report_progress(job.claim.uid, job.claim.transaction_uid, percent, description)
+            with job.timer.stage("bookkeeping"):
+                self.service.report_progress(job.claim.uid, job.claim.transaction_uid, percent, description)
         except UPSError as error:
             log.warning("progress of %s not recorded: %s", job.claim.uid, error)
 
     def checkpoint(self, job: Job) -> None:
-        if self.service.is_cancel_requested(job.claim.uid):
+        with job.timer.stage("bookkeeping"):
+            cancel_requested = self.service.is_cancel_requested(job.claim.uid)
+        if cancel_requested:
             raise CancelRequested("canceled on request while running")
 
     def _failed(self, job: Job | None, claim: Claim, error: Exception) -> None:
