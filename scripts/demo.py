@@ -38,8 +38,9 @@ def main() -> int:
     deadline = time.monotonic() + float(os.environ.get("DEMO_TIMEOUT", "180"))
     seen: dict[str, str] = {}
     while time.monotonic() < deadline:
-        items = client.get("/ai-orchestrator/workitems",
-                           params={"00100020": "DEMO-PHANTOM", "includefield": "all", "limit": "100"}).json()
+        answer = client.get("/ai-orchestrator/workitems", params={"StudyInstanceUID": phantom.study_uid})
+        answer.raise_for_status()
+        items = answer.json() if answer.status_code == 200 else []  # 204: none yet (StableAge not over)
         for item in items:
             uid, state = item[UID]["Value"][0], item[STATE]["Value"][0]
             if seen.get(uid) != state:
