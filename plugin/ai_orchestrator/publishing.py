@@ -55,10 +55,10 @@ def warm_up_encoders() -> list[Dataset]:
     phantom = make_chest_phantom(slices=2, rows=32)
     model = ModelSpec(name="warm-up", version="0", algorithm=Code("warm-up", "99AIORCH", "Warm-up"),
                       applies_to={"Modality": "CT"}, predict=lambda *_: None)
-    lung = phantom.labels > 0
+    lung = phantom.labels > 0  # any mask will do
     result = ModelResult(
-        segments=(Segment("Body", lung, codes.SCT.AnatomicalStructure, codes.SCT.Lung),),
-        measurements=(Measurement(codes.SCT.Volume, 1.0, Code("ml", "UCUM", "milliliter"), "Body"),),
+        segments=(Segment("Lung", lung, codes.SCT.AnatomicalStructure, codes.SCT.Lung),),
+        measurements=(Measurement(codes.SCT.Volume, 1.0, Code("ml", "UCUM", "milliliter"), "Lung"),),
     )
     objects = encode(result, phantom.datasets, model)
     for dataset in objects:
