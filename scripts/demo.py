@@ -15,6 +15,7 @@ from io import BytesIO
 import httpx
 import pydicom
 
+from ai_orchestrator.orthanc_gateway import ORTHANC_CONNECTION_LIMITS
 from ai_orchestrator.phantom import make_chest_phantom
 
 STATE, UID = "00741000", "00080018"
@@ -23,7 +24,8 @@ STATE, UID = "00741000", "00080018"
 def main() -> int:
     url = os.environ.get("ORTHANC_URL", f"http://localhost:{os.environ.get('ORTHANC_HTTP_PORT', '8042')}")
     user, password = os.environ.get("ORTHANC_USERNAME"), os.environ.get("ORTHANC_PASSWORD")
-    client = httpx.Client(base_url=url, auth=(user, password) if user else None, timeout=60)
+    client = httpx.Client(base_url=url, auth=(user, password) if user else None, timeout=60,
+                          limits=ORTHANC_CONNECTION_LIMITS)
     phantom = make_chest_phantom(slices=int(os.environ.get("DEMO_SLICES", "100")), patient_id="DEMO-PHANTOM")
     print(f"uploading a {len(phantom.datasets)}-slice chest CT phantom to {url} ...")
     study_id = None

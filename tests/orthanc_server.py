@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from ai_orchestrator.orthanc_gateway import ORTHANC_CONNECTION_LIMITS
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO_DIR / "scripts" / "run-orthanc.sh"
 
@@ -33,7 +35,7 @@ class OrthancServer:
         self.stable_age = stable_age
         self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen | None = None
-        self.client = httpx.Client(base_url=self.base_url, timeout=60)
+        self.client = httpx.Client(base_url=self.base_url, timeout=60, limits=ORTHANC_CONNECTION_LIMITS)
 
     @property
     def base_url(self) -> str:

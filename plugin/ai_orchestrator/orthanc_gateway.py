@@ -14,6 +14,11 @@ from typing import Any, Protocol
 import httpx
 
 
+# Orthanc's HTTP server closes a connection idle for about 1 s (KeepAliveTimeout since 1.11.3, built in before). A
+# client that reuses it just then gets "server disconnected"; expiring idle connections sooner avoids that race.
+ORTHANC_CONNECTION_LIMITS = httpx.Limits(keepalive_expiry=0.5)
+
+
 class OrthancError(RuntimeError):
     """Orthanc answered a REST call with an error."""
 
@@ -43,7 +48,7 @@ class HttpGateway:
 
     @classmethod
     def connect(cls, base_url: str, auth: tuple[str, str] | None = None, timeout: float = 300.0) -> "HttpGateway":
-        return cls(httpx.Client(base_url=base_url, auth=auth, timeout=timeout))
+        return cls(httpx.Client(base_url=base_url, auth=auth, timeout=timeout, limits=ORTHANC_CONNECTION_LIMITS))
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.is_error:
