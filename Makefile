@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 export VENV
 
-.PHONY: install install-test run test test-unit demo bench bench-inference
+.PHONY: install install-test run test test-unit lint demo bench bench-inference
 
 install:
 	scripts/install.sh
@@ -14,8 +14,14 @@ install-test:
 run: install
 	scripts/run-orthanc.sh
 
-test: install-test
+test: install-test lint
 	$(PYTHON) -m pytest -ra
+
+# The structure (import-linter contracts in pyproject.toml), then ruff and mypy: all must pass.
+lint: install-test
+	PYTHONPATH=plugin $(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check plugin tests bench scripts models
+	$(VENV)/bin/mypy
 
 test-unit: install-test
 	$(PYTHON) -m pytest -ra tests/unit

@@ -16,7 +16,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -26,11 +25,11 @@ import torch
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "plugin")]
 
-from ai_orchestrator.device import resolve_device  # noqa: E402
+from ai_orchestrator.modeling.device import resolve_device
+from ai_orchestrator.modeling.registry import Registry
+from ai_orchestrator.performer.timing import StageTimer
 from ai_orchestrator.phantom import make_chest_phantom  # noqa: E402
-from ai_orchestrator.publishing import encode, to_bytes  # noqa: E402
-from ai_orchestrator.registry import Registry  # noqa: E402
-from ai_orchestrator.timing import StageTimer  # noqa: E402
+from ai_orchestrator.results.encoding import encode, to_bytes
 from tests.integration.studies import upload_rest, wait_for, workitems_of  # noqa: E402
 from tests.integration.workitems import value  # noqa: E402
 from tests.orthanc_server import OrthancServer  # noqa: E402

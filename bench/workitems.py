@@ -17,16 +17,20 @@ import random
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "plugin"), str(REPO)]
 
-from ai_orchestrator.service import WorkitemService  # noqa: E402
-from ai_orchestrator.store import DEFAULT_STORE_FILENAME, WorkitemRow, WorkitemStore  # noqa: E402
+from ai_orchestrator.manager.service import WorkitemService
+from ai_orchestrator.store.workitems import (
+    DEFAULT_STORE_FILENAME,
+    WorkitemRow,
+    WorkitemStore,
+)
 from ai_orchestrator.ups.constants import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED  # noqa: E402
 from ai_orchestrator.ups.sample import sample_workitem  # noqa: E402
 
@@ -159,7 +163,7 @@ def main() -> None:
         start = time.perf_counter()
         # modified now: IN PROGRESS rows modified long ago would be lease-expired, and Orthanc's housekeeping
         # would spend the whole HTTP run cancelling and replacing 10,000 of them
-        store.insert_many(bench_rows(args.count, datetime.now(timezone.utc).isoformat()))
+        store.insert_many(bench_rows(args.count, datetime.now(UTC).isoformat()))
         fill = time.perf_counter() - start
         print(f"bulk fill: {args.count} workitems in {fill:.1f} s ({args.count / fill:.0f}/s), {store_path}")
         direct = run_direct(WorkitemService(store), args.count, args.samples)

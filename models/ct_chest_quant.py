@@ -12,16 +12,18 @@ over the volume whatever the shape, so it runs as well on the CPU as on a GPU.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from ai_orchestrator.imaging import Volume
-from ai_orchestrator.registry import Measurement, ModelResult, ModelSpec, Segment
+from ai_orchestrator.modeling.api import Measurement, ModelResult, ModelSpec, Segment
+from ai_orchestrator.modeling.imaging import Volume
+from ai_orchestrator.ups.constants import PRIVATE_SCHEME
 
 AIR_BELOW_HU = -400.0
 BONE_ABOVE_HU = 250.0
@@ -29,7 +31,7 @@ EMPHYSEMA_BELOW_HU = -950.0
 MIN_LUNG_ML = 50.0
 
 MILLILITER = Code("ml", "UCUM", "milliliter")
-LAA950 = Code("LAA950", "99OAIO", "Lung volume below -950 HU (percent)")
+LAA950 = Code("LAA950", PRIVATE_SCHEME, "Lung volume below -950 HU (percent)")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Runs:
     start: torch.Tensor
     end: torch.Tensor  # one past the last column
 
-    def subset(self, keep: torch.Tensor) -> "Runs":
+    def subset(self, keep: torch.Tensor) -> Runs:
         return Runs(self.line[keep], self.start[keep], self.end[keep])
 
     @property
@@ -183,7 +185,7 @@ def predict(volume: Volume, device: torch.device, context: Mapping[str, Any]) ->
 MODEL = ModelSpec(
     name="ct-chest-quant",
     version="1.0.0",
-    algorithm=Code("CTCHESTQUANT", "99OAIO", "CT chest lung and emphysema quantification"),
+    algorithm=Code("CTCHESTQUANT", PRIVATE_SCHEME, "CT chest lung and emphysema quantification"),
     applies_to={"Modality": r"^CT$", "BodyPartExamined": r"(?i)chest|thorax|lung"},
     min_instances=10,
     predict=predict,

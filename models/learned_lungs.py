@@ -7,16 +7,22 @@ model with status "error" and the reason. It is a demonstration of the learned-m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from ai_orchestrator.imaging import Volume
-from ai_orchestrator.registry import Measurement, ModelResult, ModelSpec, Segment
-from ai_orchestrator.torchscript_model import Preprocessing, TorchScriptSegmenter, weights_path
+from ai_orchestrator.modeling.api import Measurement, ModelResult, ModelSpec, Segment
+from ai_orchestrator.modeling.imaging import Volume
+from ai_orchestrator.modeling.torchscript import (
+    Preprocessing,
+    TorchScriptSegmenter,
+    weights_path,
+)
+from ai_orchestrator.ups.constants import PRIVATE_SCHEME
 
 LUNG_LABEL = 1
 MILLILITER = Code("ml", "UCUM", "milliliter")
@@ -43,7 +49,7 @@ MODEL = ModelSpec(
     name="learned-lungs",
     version="0.1.0",
     description="Tiny TorchScript U-Net trained on synthetic phantoms; lung mask and lung volume.",
-    algorithm=Code("LEARNEDLUNGS", "99OAIO", "Learned lung segmentation (demonstration)"),
+    algorithm=Code("LEARNEDLUNGS", PRIVATE_SCHEME, "Learned lung segmentation (demonstration)"),
     procedure=Code("24627-2", "LN", "CT Chest"),
     predict=predict,
     applies_to={"Modality": r"^CT$", "BodyPartExamined": r"(?i)chest|thorax|lung"},

@@ -15,7 +15,7 @@ from io import BytesIO
 import httpx
 import pydicom
 
-from ai_orchestrator.orthanc_gateway import ORTHANC_CONNECTION_LIMITS
+from ai_orchestrator.gateway.http_gateway import ORTHANC_CONNECTION_LIMITS
 from ai_orchestrator.phantom import make_chest_phantom
 
 STATE, UID = "00741000", "00080018"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from ai_orchestrator.orthanc_gateway import ORTHANC_CONNECTION_LIMITS
+from ai_orchestrator.gateway.http_gateway import ORTHANC_CONNECTION_LIMITS
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO_DIR / "scripts" / "run-orthanc.sh"
@@ -48,7 +48,7 @@ class OrthancServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self, timeout: float = 60) -> "OrthancServer":
+    def start(self, timeout: float = 60) -> OrthancServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ,
                "ORTHANC_DATA_DIR": str(self.data_dir),
@@ -84,11 +84,11 @@ class OrthancServer:
             self.process.kill()
             return self.process.wait()
 
-    def restart(self) -> "OrthancServer":
+    def restart(self) -> OrthancServer:
         self.stop()
         return self.start()
 
-    def __enter__(self) -> "OrthancServer":
+    def __enter__(self) -> OrthancServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

@@ -11,26 +11,34 @@ import json
 import logging
 import platform
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from . import __version__
-from .api import WorkitemsApi
 from .background import PeriodicTask
-from .claims import ClaimLedger
 from .config import Settings
-from .device import resolve_device
-from .housekeeping import HousekeepingSettings, run_housekeeping
-from .http_types import Request, Response
-from .intake import DELETED_STUDY, STABLE_STUDY, IntakeProcessor, IntakeSettings, default_matcher
-from .manual_run import ManualRunError, schedule_run
-from .orthanc_gateway import OrthancGateway
-from .publishing import Forwarding, ResultPublisher, warm_up_encoders
-from .registry import Registry
-from .service import WorkitemService, utc_now
-from .store import WorkitemStore
-from .worker import InferenceWorker
+from .gateway.protocol import OrthancGateway
+from .http.messages import Request, Response
+from .http.workitems import WorkitemsApi
+from .manager.housekeeping import HousekeepingSettings, run_housekeeping
+from .manager.service import WorkitemService
+from .modeling.device import resolve_device
+from .modeling.registry import Registry
+from .performer.publishing import Forwarding, ResultPublisher
+from .performer.worker import InferenceWorker
+from .requester.intake import (
+    DELETED_STUDY,
+    STABLE_STUDY,
+    IntakeProcessor,
+    IntakeSettings,
+)
+from .requester.manual_run import ManualRunError, schedule_run
+from .requester.matching import default_matcher
+from .results.encoding import warm_up_encoders
+from .store.claims import ClaimLedger
+from .store.workitems import WorkitemStore
+from .ups.clock import utc_now
 
 log = logging.getLogger("ai_orchestrator")
 INTAKE_POLL_S = 1.0
@@ -71,7 +79,7 @@ class Orchestrator:
         self._housekeeping_task = PeriodicTask("ai-housekeeping", self._housekeeping_step,
                                                settings.housekeeping_interval_s)
         self._tasks = (self._intake_task, self._housekeeping_task)
-        self._routes = [
+        self._routes: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
             (re.compile(r"^/system/?$"), self._system),
             (re.compile(r"^/workitems(/.*)?$"), self.workitems.handle),
             (re.compile(r"^/models/?$"), self._models),

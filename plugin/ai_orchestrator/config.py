@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -39,7 +40,7 @@ class Settings:
         return self.public_url.rstrip("/") + "/" + self.dicomweb_root.strip("/")
 
     @classmethod
-    def from_orthanc(cls, orthanc_config: Mapping[str, Any]) -> "Settings":
+    def from_orthanc(cls, orthanc_config: Mapping[str, Any]) -> Settings:
         section = orthanc_config.get("AiOrchestrator", {})
         if not isinstance(section, dict):
             raise ConfigError('"AiOrchestrator" must be a JSON object')

@@ -11,35 +11,67 @@ import gc
 import json
 import logging
 import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import orthanc
 from orthanc_ext import event_dispatcher
 
-from .http_types import Request, Response
+import orthanc
+
+from .gateway.protocol import OrthancError, ResourceNotFound
+from .http.messages import Request, Response
 
 ROOT = "/ai-orchestrator"
 log = logging.getLogger("ai_orchestrator")
+
+
+# The Python plugin raises orthanc.OrthancException for a failed call (PythonLock::RaiseException); its arguments
+# name Orthanc's error code, as the code (plugin 4.0: args[0]) or as the code's description (later releases).
+_NOT_FOUND_CODES = frozenset({17, 7})  # OrthancPluginErrorCode_UnknownResource, _InexistentItem
+_NOT_FOUND_DESCRIPTIONS = frozenset({"Unknown resource", "Accessing an inexistent item"})
+_ORTHANC_EXCEPTION: type[Exception] = getattr(orthanc, "OrthancException", Exception)
+
+
+def _is_not_found(error: Exception) -> bool:
+    return any((isinstance(arg, int) and int(arg) in _NOT_FOUND_CODES)
+               or (isinstance(arg, str) and arg in _NOT_FOUND_DESCRIPTIONS) for arg in error.args)
+
+
+@contextmanager
+def _typed_errors(what: str) -> Iterator[None]:
+    """Raise the gateway's typed errors for what the in-process API raised."""
+    try:
+        yield
+    except _ORTHANC_EXCEPTION as error:
+        if _is_not_found(error):
+            raise ResourceNotFound(f"{what}: no such resource") from error
+        raise OrthancError(f"{what}: Orthanc error {' '.join(map(str, error.args))}") from error
 
 
 class InProcessGateway:
     """The OrthancGateway over ``orthanc.RestApi*`` calls: no HTTP, no authentication, no copies through a socket."""
 
     def get_json(self, uri: str) -> Any:
-        return json.loads(orthanc.RestApiGet(uri))
+        with _typed_errors(f"GET {uri}"):
+            return json.loads(orthanc.RestApiGet(uri))
 
     def get_instance_dicom(self, instance_id: str) -> bytes:
-        return orthanc.GetDicomForInstance(instance_id)
+        with _typed_errors(f"DICOM of instance {instance_id}"):
+            return orthanc.GetDicomForInstance(instance_id)
 
     def post_json(self, uri: str, body: Any) -> Any:
-        answer = orthanc.RestApiPost(uri, json.dumps(body))
+        with _typed_errors(f"POST {uri}"):
+            answer = orthanc.RestApiPost(uri, json.dumps(body))
         return json.loads(answer) if answer else None
 
     def post_instance(self, dicom: bytes) -> dict:
-        return json.loads(orthanc.RestApiPost("/instances", dicom))
+        with _typed_errors("POST /instances"):
+            return json.loads(orthanc.RestApiPost("/instances", dicom))
 
     def delete(self, uri: str) -> None:
-        orthanc.RestApiDelete(uri)
+        with _typed_errors(f"DELETE {uri}"):
+            orthanc.RestApiDelete(uri)
 
 
 def _send_http_status(output: Any, status: int, body: bytes) -> None:
@@ -80,7 +112,7 @@ def _to_request(uri: str, request: dict) -> Request:
     )
 
 
-def _route_to(handle) -> Any:
+def _route_to(handle: Callable[[Request], Response]) -> Callable[..., None]:
     def on_rest(output: Any, uri: str, **request: Any) -> None:
         try:
             response = handle(_to_request(uri, request))
@@ -100,7 +132,9 @@ def _start_failed(error: BaseException) -> None:
 
 
 def start() -> None:
-    from .app import Orchestrator  # imported here so that an import error is reported like any startup error
+    from .app import (
+        Orchestrator,  # imported here so that an import error is reported like any startup error
+    )
     from .config import Settings
 
     try:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 PLUGIN_DIR = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPT = PLUGIN_DIR / "orthanc_plugin.py"

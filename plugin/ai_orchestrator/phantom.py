@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 FIELD_OF_VIEW_MM = 360.0
 SCAN_LENGTH_MM = 300.0
@@ -158,8 +158,8 @@ def _emphysema_blobs(lung: np.ndarray, rng: np.random.Generator, fraction: float
     if fraction <= 0:
         return np.zeros_like(lung)
     coarse = torch.from_numpy(rng.standard_normal((1, 1, 12, 24, 24), dtype=np.float32))
-    smooth = torch.nn.functional.interpolate(coarse, size=lung.shape, mode="trilinear", align_corners=False)
-    smooth = smooth[0, 0].numpy()
+    field = torch.nn.functional.interpolate(coarse, size=lung.shape, mode="trilinear", align_corners=False)
+    smooth = field[0, 0].numpy()
     threshold = np.quantile(smooth[lung], 1.0 - fraction)
     return smooth > threshold
 
@@ -244,7 +244,7 @@ def _common_attributes(grid: _Grid, rows: int, patient_id: str, patient_name: st
     }
 
 
-def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
+def _file_meta(sop_instance_uid: UID) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_instance_uid

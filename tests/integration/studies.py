@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pydicom
 from pydicom import Dataset

@@ -12,7 +12,13 @@ from pydicom.uid import generate_uid
 
 from ai_orchestrator.phantom import make_chest_phantom
 from tests.dicom_checks import dciodvfy_errors, numeric_items
-from tests.integration.studies import instances, upload_rest, upload_storescu, wait_for, workitems_of
+from tests.integration.studies import (
+    instances,
+    upload_rest,
+    upload_storescu,
+    wait_for,
+    workitems_of,
+)
 from tests.integration.workitems import ROOT, Ups, value
 from tests.orthanc_server import REPO_DIR, OrthancServer
 
@@ -129,7 +135,7 @@ def test_manual_run_schedules_a_high_priority_workitem(orthanc, phantom_run):
 
 RAISING_MODEL = '''
 from pydicom.sr.coding import Code
-from ai_orchestrator.registry import ModelSpec
+from ai_orchestrator.modeling.api import ModelSpec
 
 def predict(volume, device, context):
     raise RuntimeError("model exploded on purpose")

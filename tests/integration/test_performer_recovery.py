@@ -17,7 +17,7 @@ import time
 import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from ai_orchestrator.registry import Measurement, ModelResult, ModelSpec
+from ai_orchestrator.modeling.api import Measurement, ModelResult, ModelSpec
 
 def predict(datasets, device, context):
     for _ in range(40):  # about 4 s, with a cancel checkpoint every 0.1 s

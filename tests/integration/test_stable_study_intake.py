@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from pydicom.uid import generate_uid
 
-from tests.integration.studies import (instances, upload_rest, upload_storescu, wait_for, workitem_states,
-                                       workitems_of)
+from tests.integration.studies import (
+    instances,
+    upload_rest,
+    upload_storescu,
+    wait_for,
+    workitem_states,
+    workitems_of,
+)
 from tests.integration.workitems import Ups, completion_attributes, value
 
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 import threading
+from pathlib import Path
 
 import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from tests.integration.workitems import (ROOT, Ups, completion_attributes, new_workitem, value)
+from tests.integration.workitems import (
+    ROOT,
+    Ups,
+    completion_attributes,
+    new_workitem,
+    value,
+)
 
 TUID_TAG, STATE_TAG = "00081195", "00741000"
 
@@ -265,7 +271,7 @@ def test_two_clients_claiming_at_once_exactly_one_wins(ups):
         results: list[int] = []
         barrier = threading.Barrier(4)
 
-        def claim():
+        def claim(uid: str = uid, barrier: threading.Barrier = barrier, results: list[int] = results) -> None:
             barrier.wait()
             results.append(ups.change_state(uid, "IN PROGRESS", generate_uid()).status_code)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 from pydicom import Dataset
@@ -13,7 +13,7 @@ ROOT = "/ai-orchestrator"
 
 
 def now_dt() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S")
 
 
 def code(value: str, scheme: str, meaning: str) -> Dataset:

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from ai_orchestrator.api import WorkitemsApi
-from ai_orchestrator.http_types import DICOM_JSON, Request
-from ai_orchestrator.service import WorkitemService
-from ai_orchestrator.store import WorkitemStore
+from ai_orchestrator.http.messages import DICOM_JSON, Request
+from ai_orchestrator.http.workitems import WorkitemsApi
+from ai_orchestrator.manager.service import WorkitemService
+from ai_orchestrator.store.workitems import WorkitemStore
 from ai_orchestrator.ups.constants import Warnings
 from ai_orchestrator.ups.sample import completion_attributes, sample_workitem
 

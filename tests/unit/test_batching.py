@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ai_orchestrator.batching import run_batched
+from ai_orchestrator.modeling.batching import run_batched
 
 CPU = torch.device("cpu")
 

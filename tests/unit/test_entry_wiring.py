@@ -9,7 +9,7 @@ import sys
 import pytest
 from orthanc_ext.orthanc import OrthancApiHandler
 
-from ai_orchestrator.store import WorkitemStore
+from ai_orchestrator.store.workitems import WorkitemStore
 
 
 class FakeOrthanc(OrthancApiHandler):

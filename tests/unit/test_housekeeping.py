@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 
 import pytest
 from pydicom import Dataset
 
-from ai_orchestrator.housekeeping import (LEASE_EXPIRED_REASON, HousekeepingSettings, Report, cutoffs,
-                                          not_started_reason, run_housekeeping)
-from ai_orchestrator.intake import ItemFacts, apply
+from ai_orchestrator.manager.housekeeping import (
+    LEASE_EXPIRED_REASON,
+    HousekeepingSettings,
+    Report,
+    cutoffs,
+    not_started_reason,
+    run_housekeeping,
+)
+from ai_orchestrator.manager.scheduling import ItemFacts
+from ai_orchestrator.requester.planning import apply
+from ai_orchestrator.ups.clock import format_dt
 from ai_orchestrator.ups.constants import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED
 from tests.unit.test_intake import NOW, FakeService, plan, series, study
 
@@ -60,7 +68,7 @@ def test_expired_lease_cancels_and_schedules_the_same_work_again():
     old = ItemFacts.from_json(service.items[lost])
     assert (new.state, new.replaces, new.inputs, new.code) == (SCHEDULED, (lost,), old.inputs, old.code)
     assert Dataset.from_json(service.items[new.uid]).ScheduledProcedureStepStartDateTime == \
-        (NOW + 2 * HOUR).strftime("%Y%m%d%H%M%S.%f")
+        format_dt(NOW + 2 * HOUR)
 
 
 def test_recent_progress_keeps_the_lease():
@@ -132,7 +140,7 @@ def test_item_gone_or_final_meanwhile_is_not_an_error(status):
 
 class MovableClock:
     def __init__(self) -> None:
-        self.now = NOW.replace(tzinfo=timezone.utc)
+        self.now = NOW.replace(tzinfo=UTC)
 
     def __call__(self):
         return self.now
@@ -140,8 +148,8 @@ class MovableClock:
 
 @pytest.fixture
 def real(tmp_path):
-    from ai_orchestrator.service import WorkitemService
-    from ai_orchestrator.store import WorkitemStore
+    from ai_orchestrator.manager.service import WorkitemService
+    from ai_orchestrator.store.workitems import WorkitemStore
 
     clock = MovableClock()
     with WorkitemStore(tmp_path / "workitems.sqlite") as store:

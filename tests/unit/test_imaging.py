@@ -7,7 +7,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from ai_orchestrator.imaging import InputError, load_volume, read_datasets
+from ai_orchestrator.modeling.imaging import InputError, load_volume, read_datasets
 from ai_orchestrator.phantom import make_chest_phantom
 
 

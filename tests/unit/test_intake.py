@@ -4,25 +4,60 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from pydicom import Dataset
 from pydicom.uid import UID
 
-from ai_orchestrator.intake import (
-    DEFAULT_RULE, Algorithm, Create, Defer, FirstMatching, IntakeProcessor, IntakeSettings, ItemFacts, Replace, Rule,
-    RegistryMatcher, RuleMatcher, STUDY_DELETED_REASON, default_matcher, UpdateInputs, apply, build_workitem, is_input_series, plan_study,
-    replacement_of, rules_from_config, short_code, workitem_uid)
-from ai_orchestrator.study import SeriesSnapshot, StudySnapshot, orthanc_id_of_study
-from ai_orchestrator.ups.constants import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED, UPS_PUSH_SOP_CLASS_UID
+from ai_orchestrator.gateway.protocol import ResourceNotFound
+from ai_orchestrator.gateway.study import (
+    SeriesSnapshot,
+    StudySnapshot,
+    orthanc_id_of_study,
+)
+from ai_orchestrator.manager.scheduling import ItemFacts, replacement_of, workitem_uid
+from ai_orchestrator.requester.building import build_workitem
+from ai_orchestrator.requester.intake import (
+    STUDY_DELETED_REASON,
+    IntakeProcessor,
+    IntakeSettings,
+)
+from ai_orchestrator.requester.matching import (
+    DEFAULT_RULE,
+    Algorithm,
+    FirstMatching,
+    RegistryMatcher,
+    Rule,
+    RuleMatcher,
+    default_matcher,
+    is_input_series,
+    rules_from_config,
+    short_code,
+)
+from ai_orchestrator.requester.planning import (
+    Create,
+    Defer,
+    Replace,
+    UpdateInputs,
+    apply,
+    plan_study,
+)
+from ai_orchestrator.store.workitems import IntakeEvent
+from ai_orchestrator.ups.constants import (
+    CANCELED,
+    COMPLETED,
+    IN_PROGRESS,
+    SCHEDULED,
+    UPS_PUSH_SOP_CLASS_UID,
+)
 from ai_orchestrator.ups.errors import UPSError
 from ai_orchestrator.ups.validation import validate_create
 
 CT_IMAGE, SEG_STORAGE, BASIC_SR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.66.4", \
     "1.2.840.10008.5.1.4.1.1.88.11"
 BASE = "http://localhost:8042/dicom-web"
-NOW = datetime(2024, 1, 5, 10, 0, 0)
+NOW = datetime(2024, 1, 5, 10, 0, 0, tzinfo=UTC)
 
 
 def series(uid: str, modality: str = "CT", body: str = "CHEST", manufacturer: str = "ACME",
@@ -237,7 +272,7 @@ def test_built_workitem_content():
         ("chest-ct", "99ORTHANCAI", "chest-ct-pipeline")
     assert (ds.ProcedureStepLabel, ds.WorklistLabel, ds.ScheduledProcedureStepPriority) == \
         ("chest-ct-pipeline", "chest-ct-pipeline", "MEDIUM")
-    assert ds.ScheduledProcedureStepStartDateTime == "20240105100000.000000"
+    assert ds.ScheduledProcedureStepStartDateTime == "20240105100000+0000"
     assert "ReplacedProcedureStepSequence" not in ds
 
 
@@ -389,18 +424,18 @@ def test_other_create_errors_propagate():
 
 class FakeStore:
     def __init__(self) -> None:
-        self.events: list[tuple[int, str, str, str]] = []
+        self.events: list[IntakeEvent] = []
 
     def enqueue_event(self, kind: str, resource_id: str) -> int:
         event_id = len(self.events) + 100
-        self.events.append((event_id, kind, resource_id, "t"))
+        self.events.append(IntakeEvent(event_id, kind, resource_id, "t"))
         return event_id
 
     def pending_events(self, limit: int = 100):
         return list(self.events[:limit])
 
     def ack_event(self, event_id: int) -> None:
-        self.events = [e for e in self.events if e[0] != event_id]
+        self.events = [e for e in self.events if e.id != event_id]
 
 
 class FakeGateway:
@@ -418,7 +453,7 @@ class FakeGateway:
             return {"SopClassUid": CT_IMAGE}
         snapshot = self.studies.get(parts[1])
         if snapshot is None:
-            raise RuntimeError("HTTP 404 Unknown resource")
+            raise ResourceNotFound(f"GET {uri}: no such resource")
         return self._answer(snapshot, parts[2] if len(parts) > 2 else "")
 
     @staticmethod
@@ -494,7 +529,7 @@ def test_backoff_doubles_up_to_the_maximum():
     attempts = []
     for _ in range(60):
         proc.process_pending()
-        attempts.append(proc._retries[store.events[0][0]].attempts)
+        attempts.append(proc._retries[store.events[0].id].attempts)
         clock.t += 5
     waits = [attempts.index(n + 1) - attempts.index(n) for n in range(1, max(attempts) - 1)]
     assert waits[:3] == [2, 4, 8] and max(waits) == 8  # 10 s, 20 s, 40 s (cap) at 5 s per tick
@@ -510,7 +545,7 @@ def test_a_failing_study_does_not_hold_back_other_studies():
     store.enqueue_event("deleted_study", bad.orthanc_id)  # held behind the failing event of its study
     store.enqueue_event("stable_study", good.orthanc_id)
     assert proc.process_pending() == 1
-    assert [e[1] for e in store.events] == ["stable_study", "deleted_study"]
+    assert [e.kind for e in store.events] == ["stable_study", "deleted_study"]
     assert [ItemFacts.from_json(i).study_uid for i in service.items.values()] == ["2.2.2"]
 
 
@@ -560,7 +595,7 @@ def test_deleted_event_for_an_unknown_study_is_acknowledged():
 
 @pytest.fixture
 def real_store(tmp_path):
-    from ai_orchestrator.store import WorkitemStore
+    from ai_orchestrator.store.workitems import WorkitemStore
 
     with WorkitemStore(tmp_path / "workitems.sqlite") as store:
         yield store
@@ -568,7 +603,7 @@ def real_store(tmp_path):
 
 @pytest.fixture
 def real_service(real_store):
-    from ai_orchestrator.service import WorkitemService
+    from ai_orchestrator.manager.service import WorkitemService
 
     return WorkitemService(real_store)
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from ai_orchestrator.imaging import load_volume
+from ai_orchestrator.modeling.imaging import load_volume
+from ai_orchestrator.modeling.registry import Registry
+from ai_orchestrator.modeling.torchscript import Preprocessing, channel_argmax
 from ai_orchestrator.phantom import LABEL_LUNG, make_chest_phantom
-from ai_orchestrator.registry import Registry
-from ai_orchestrator.torchscript_model import Preprocessing, channel_argmax
 
 DEVICE = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 from pydicom import Dataset
 
-from ai_orchestrator.imaging import load_volume
+from ai_orchestrator.modeling.imaging import load_volume
+from ai_orchestrator.modeling.registry import Registry
+from ai_orchestrator.performer.publishing import Forwarding, ResultPublisher
+from ai_orchestrator.performer.timing import StageTimer
 from ai_orchestrator.phantom import make_chest_phantom
-from ai_orchestrator.publishing import Forwarding, ResultPublisher, warm_up_encoders
-from ai_orchestrator.registry import Registry
-from ai_orchestrator.timing import StageTimer
+from ai_orchestrator.results.encoding import warm_up_encoders
 
 
 class RecordingGateway:

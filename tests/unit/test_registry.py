@@ -4,12 +4,12 @@ import textwrap
 import pytest
 from pydicom.sr.coding import Code
 
-from ai_orchestrator.registry import ModelResult, ModelSpec, ModelSpecError, Registry
-from ai_orchestrator.results import MANUFACTURER
+from ai_orchestrator.modeling.api import ModelResult, ModelSpec, ModelSpecError
+from ai_orchestrator.modeling.registry import Registry
 
 GOOD_MODEL = """
     from pydicom.sr.coding import Code
-    from ai_orchestrator.registry import ModelResult, ModelSpec
+    from ai_orchestrator.modeling.api import ModelResult, ModelSpec
 
     def predict(volume, device, context):
         return ModelResult()
@@ -77,7 +77,6 @@ def test_applicable_selects_matching_series(registry):
         {**chest, "BodyPartExamined": "HEAD", "SeriesInstanceUID": "2"},
         {**chest, "instances": 3, "SeriesInstanceUID": "3"},
         {"Modality": "CT", "instances": 100, "SeriesInstanceUID": "4"},
-        {**chest, "Manufacturer": MANUFACTURER, "SeriesInstanceUID": "5"},
         {**chest, "Modality": "SEG", "SeriesInstanceUID": "6"},
     ]
     pairs = registry.applicable(series)

@@ -7,11 +7,19 @@ import pytest
 import torch
 from pydicom.uid import SecondaryCaptureImageStorage, SegmentationStorage
 
-from ai_orchestrator.imaging import load_volume
+from ai_orchestrator.modeling.imaging import load_volume
+from ai_orchestrator.modeling.registry import Registry
 from ai_orchestrator.phantom import make_chest_phantom
-from ai_orchestrator.registry import Registry
-from ai_orchestrator.results import MANUFACTURER, is_own_result, write_sc, write_seg, write_sr
-from tests.dicom_checks import content_items, dciodvfy_errors, dciodvfy_path, numeric_items
+from ai_orchestrator.results.preview import write_sc
+from ai_orchestrator.results.provenance import MANUFACTURER, is_own_result
+from ai_orchestrator.results.seg import write_seg
+from ai_orchestrator.results.sr import write_sr
+from tests.dicom_checks import (
+    content_items,
+    dciodvfy_errors,
+    dciodvfy_path,
+    numeric_items,
+)
 
 DEVICE = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 

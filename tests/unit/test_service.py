@@ -1,20 +1,27 @@
 """WorkitemService: the UPS transactions and the performer/intake operations on a real store."""
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ai_orchestrator.service import WorkitemService
-from ai_orchestrator.store import WorkitemStore
-from ai_orchestrator.ups.constants import (CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED, UPS_PUSH_SOP_CLASS_UID,
-                                           Warnings)
+from ai_orchestrator.manager.service import WorkitemService
+from ai_orchestrator.store.workitems import WorkitemStore
+from ai_orchestrator.ups.constants import (
+    CANCELED,
+    COMPLETED,
+    IN_PROGRESS,
+    PRIVATE_SCHEME,
+    SCHEDULED,
+    UPS_PUSH_SOP_CLASS_UID,
+    Warnings,
+)
 from ai_orchestrator.ups.errors import UPSError
 from ai_orchestrator.ups.notifications import EventType
 from ai_orchestrator.ups.sample import completion_attributes, sample_workitem
 
 T1, T2 = "1.2.826.0.1.1", "1.2.826.0.1.2"
-START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+START = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 class Clock:
@@ -266,7 +273,7 @@ def test_claim_next_order_and_filters(service):
     high_old = service.create(sample_workitem(priority="HIGH", start="20240201000000")).uid
     service.create(sample_workitem(priority="HIGH", readiness="INCOMPLETE"))
     other = service.create(sample_workitem(priority="HIGH", code=("other", "99X", "x"), label="Other")).uid
-    lung = [("lung-nodules", "99ORTHANC-AI")]
+    lung = [("lung-nodules", PRIVATE_SCHEME)]
     assert service.claim_next("1.9.1", lung) == high_old
     assert service.claim_next("1.9.2", lung) == high_new
     assert service.claim_next("1.9.3", lung) == low_old

@@ -4,8 +4,15 @@ import sqlite3
 
 import pytest
 
-from ai_orchestrator.store import (DEFAULT_STORE_FILENAME, MIGRATIONS, SCHEMA_VERSION, StoreError, WorkitemRow,
-                                   WorkitemStore)
+from ai_orchestrator.store.sql import where as compile_where
+from ai_orchestrator.store.workitems import (
+    DEFAULT_STORE_FILENAME,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    StoreError,
+    WorkitemRow,
+    WorkitemStore,
+)
 from ai_orchestrator.ups import criteria
 from ai_orchestrator.ups.sample import sample_workitem
 
@@ -115,8 +122,9 @@ def test_pending_events_are_oldest_first_and_limited(path):
 def test_searches_use_an_index_not_a_full_scan(path, where):
     store = WorkitemStore(path)
     store.insert_many(_row(f"1.2.{n}", patient_id=f"P{n % 50}", accession=f"A-{n}") for n in range(500))
+    compiled = compile_where(where)
     plan = " | ".join(r[-1] for r in store._connection().execute(
-        f"EXPLAIN QUERY PLAN SELECT uid FROM workitems WHERE {where.sql} ORDER BY seq LIMIT 100", where.params))
+        f"EXPLAIN QUERY PLAN SELECT uid FROM workitems WHERE {compiled.sql} ORDER BY seq LIMIT 100", compiled.params))
     assert "SCAN workitems" not in plan and "INDEX" in plan, plan
 
 

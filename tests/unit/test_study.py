@@ -8,8 +8,9 @@ import httpx
 import pytest
 import respx
 
-from ai_orchestrator.orthanc_gateway import HttpGateway, OrthancError
-from ai_orchestrator.study import orthanc_hash, orthanc_id_of_study, read_study
+from ai_orchestrator.gateway.http_gateway import HttpGateway
+from ai_orchestrator.gateway.protocol import ResourceNotFound
+from ai_orchestrator.gateway.study import orthanc_hash, orthanc_id_of_study, read_study
 
 BASE = "http://orthanc.test"
 STUDY_ID = "27f7126f-4f66fb14-03f4081b-f9341db2-53925988"
@@ -84,7 +85,7 @@ def test_read_study_uses_one_metadata_call_per_series(orthanc):
 def test_unknown_study_raises():
     with respx.mock(base_url=BASE) as mock:
         mock.get("/studies/gone").respond(404, json={"Message": "Unknown resource"})
-        with pytest.raises(OrthancError, match="404"):
+        with pytest.raises(ResourceNotFound, match="/studies/gone"):
             read_study(_gateway(), "gone")
 
 

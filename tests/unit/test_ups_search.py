@@ -2,8 +2,8 @@
 
 import pytest
 
-from ai_orchestrator.service import WorkitemService
-from ai_orchestrator.store import WorkitemStore
+from ai_orchestrator.manager.service import WorkitemService
+from ai_orchestrator.store.workitems import WorkitemStore
 from ai_orchestrator.ups.constants import Warnings
 from ai_orchestrator.ups.errors import UPSError
 from ai_orchestrator.ups.sample import sample_workitem

@@ -3,7 +3,14 @@
 import pytest
 
 from ai_orchestrator.ups import state_machine as sm
-from ai_orchestrator.ups.constants import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED, STATES, Warnings
+from ai_orchestrator.ups.constants import (
+    CANCELED,
+    COMPLETED,
+    IN_PROGRESS,
+    SCHEDULED,
+    STATES,
+    Warnings,
+)
 from ai_orchestrator.ups.errors import UPSError
 
 T1, T2 = "1.2.3.1", "1.2.3.2"

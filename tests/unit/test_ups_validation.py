@@ -7,8 +7,13 @@ from ai_orchestrator.ups.constants import CANCELED, COMPLETED
 from ai_orchestrator.ups.dicom_json import from_json
 from ai_orchestrator.ups.errors import UPSError
 from ai_orchestrator.ups.sample import completion_attributes, sample_workitem
-from ai_orchestrator.ups.validation import (TYPE1, TYPE2, check_final_requirements, validate_create,
-                                            validate_update)
+from ai_orchestrator.ups.validation import (
+    TYPE1,
+    TYPE2,
+    check_final_requirements,
+    validate_create,
+    validate_update,
+)
 
 
 def _ds(**changes) -> Dataset:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from pydicom import Dataset
 from pydicom.valuerep import format_number_as_ds
 
+from .clock import format_dt
 from .constants import DEFAULT_DISCONTINUATION_REASON, UPS_PUSH_SOP_CLASS_UID
 from .dicom_json import first_item, has_value
 
 # Attributes of a Request Cancel body (PS3.4 CC.2.2), kept in the progress item when the cancel happens.
 CANCEL_REQUEST_ATTRIBUTES = ("ReasonForCancellation", "ProcedureStepDiscontinuationReasonCodeSequence",
                              "ContactURI", "ContactDisplayName")
-
-
-def format_dt(moment: datetime) -> str:
-    """A DICOM DT in UTC with its offset, e.g. ``20240102030405.123456+0000``."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S.%f+0000")
 
 
 def stamp(ds: Dataset, now: datetime) -> None:

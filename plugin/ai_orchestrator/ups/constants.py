@@ -13,6 +13,9 @@ PRIORITIES = ("HIGH", "MEDIUM", "LOW")  # best first: the rank is the index
 INPUT_READINESS_STATES = ("INCOMPLETE", "UNAVAILABLE", "READY")
 READY = "READY"
 
+# The one private coding scheme of this project's own codes (the "99" prefix marks a private scheme, PS3.16 §8.2).
+PRIVATE_SCHEME = "99ORTHANCAI"
+
 UPS_PUSH_SOP_CLASS_UID = "1.2.840.10008.5.1.4.34.6.1"
 UPS_EVENT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.34.6.4"
 

@@ -1,96 +1,134 @@
-"""SQL conditions on the store's search columns (see :mod:`.index`), built in one place.
+"""Match conditions on the searchable attributes of a workitem (see :mod:`.index`), as plain values.
 
-Values are always bound parameters; column names come from :data:`.index.COLUMN_PATHS` only.
+The UPS rules (search parsing, claiming, housekeeping) say *what* matches here; the store compiles a
+condition into SQL (:mod:`ai_orchestrator.store.sql`). Column names are checked against :data:`.index.COLUMN_PATHS`
+and the store's own bookkeeping columns, so nothing else ever reaches a query.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from typing import Collection, Iterable
 
 from .index import COLUMN_PATHS
 
-_COLUMNS = frozenset(COLUMN_PATHS) | {"uid", "modified_at", "created_at", "transaction_uid"}
-
-
-@dataclass(frozen=True)
-class Where:
-    """A conjunction of SQL conditions with their parameters."""
-
-    clauses: tuple[str, ...] = ()
-    params: tuple = ()
-
-    @property
-    def sql(self) -> str:
-        return " AND ".join(f"({c})" for c in self.clauses) or "1"
-
-    def __and__(self, other: "Where") -> "Where":
-        return Where(self.clauses + other.clauses, self.params + other.params)
-
-    def only_equals(self, column: str) -> str | None:
-        """The value when this is exactly ``column = value`` and nothing else (lets the store use counters)."""
-        return self.params[0] if self.clauses == (f"{column} = ?",) else None
+COLUMNS = frozenset(COLUMN_PATHS) | {"uid", "modified_at", "created_at", "transaction_uid"}
 
 
 def _column(name: str) -> str:
-    if name not in _COLUMNS:
+    if name not in COLUMNS:
         raise ValueError(f"not a search column: {name}")
     return name
 
 
-def all_of(parts: Iterable[Where]) -> Where:
-    result = Where()
+@dataclass(frozen=True)
+class Condition:
+    """Base of every condition; ``a & b`` is their conjunction."""
+
+    def __and__(self, other: Condition) -> Condition:
+        return all_of([self, other])
+
+
+@dataclass(frozen=True)
+class AllOf(Condition):
+    parts: tuple[Condition, ...] = ()  # empty: matches everything
+
+
+@dataclass(frozen=True)
+class AnyOf(Condition):
+    parts: tuple[Condition, ...] = ()  # empty: matches nothing
+
+
+@dataclass(frozen=True)
+class Equals(Condition):
+    column: str
+    value: str
+
+
+@dataclass(frozen=True)
+class OneOf(Condition):
+    column: str
+    values: tuple[str, ...]  # empty: matches nothing
+
+
+@dataclass(frozen=True)
+class Glob(Condition):
+    """Case-sensitive wildcard match (``*`` and ``?``; ``[`` already escaped)."""
+
+    column: str
+    pattern: str
+
+
+@dataclass(frozen=True)
+class Between(Condition):
+    column: str
+    low: str | None
+    high: str | None
+
+
+@dataclass(frozen=True)
+class Before(Condition):
+    column: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Accession(Condition):
+    """Any Accession Number of the Referenced Request Sequence matches."""
+
+    pattern: str
+    wildcard: bool
+
+
+@dataclass(frozen=True)
+class CodeIn(Condition):
+    """The Scheduled Workitem Code (value, scheme) is one of ``codes`` (empty: matches nothing)."""
+
+    codes: tuple[tuple[str, str], ...]
+
+
+MATCH_ALL = AllOf()
+
+
+def all_of(parts: Iterable[Condition]) -> Condition:
+    flat: list[Condition] = []
     for part in parts:
-        result = result & part
-    return result
+        flat.extend(part.parts if isinstance(part, AllOf) else (part,))
+    return flat[0] if len(flat) == 1 else AllOf(tuple(flat))
 
 
-def equals(column: str, value: str) -> Where:
-    return Where((f"{_column(column)} = ?",), (value,))
+def any_of(parts: Collection[Condition]) -> Condition:
+    return AnyOf(tuple(parts))
 
 
-def one_of(column: str, values: Collection[str]) -> Where:
-    if not values:
-        return Where(("0",))
-    marks = ",".join("?" * len(values))
-    return Where((f"{_column(column)} IN ({marks})",), tuple(values))
+def equals(column: str, value: str) -> Condition:
+    return Equals(_column(column), value)
 
 
-def glob(column: str, pattern: str) -> Where:
-    """Case-sensitive wildcard match; GLOB uses the column's index for a literal prefix."""
-    return Where((f"{_column(column)} GLOB ?",), (pattern,))
+def one_of(column: str, values: Collection[str]) -> Condition:
+    return OneOf(_column(column), tuple(values))
 
 
-def between(column: str, low: str | None, high: str | None) -> Where:
-    clauses, params = [], []
-    if low is not None:
-        clauses.append(f"{_column(column)} >= ?")
-        params.append(low)
-    if high is not None:
-        clauses.append(f"{_column(column)} <= ?")
-        params.append(high)
-    return Where(tuple(clauses), tuple(params))
+def glob(column: str, pattern: str) -> Condition:
+    return Glob(_column(column), pattern)
 
 
-def before(column: str, value: str) -> Where:
-    return Where((f"{_column(column)} < ?",), (value,))
+def between(column: str, low: str | None, high: str | None) -> Condition:
+    return Between(_column(column), low, high)
 
 
-def accession(pattern: str, wildcard: bool) -> Where:
-    op = "GLOB" if wildcard else "="
-    return Where((f"seq IN (SELECT seq FROM workitem_accessions WHERE accession_number {op} ?)",), (pattern,))
+def before(column: str, value: str) -> Condition:
+    return Before(_column(column), value)
 
 
-def code_in(codes: Collection[tuple[str, str]]) -> Where:
-    """(code value, coding scheme) pair among ``codes``."""
-    if not codes:
-        return Where(("0",))
-    marks = ",".join("(?,?)" for _ in codes)
-    return Where((f"(code_value, code_scheme) IN (VALUES {marks})",), tuple(v for pair in codes for v in pair))
+def accession(pattern: str, wildcard: bool) -> Condition:
+    return Accession(pattern, wildcard)
 
 
-def any_of(parts: Collection[Where]) -> Where:
-    """A disjunction (``0`` when empty)."""
-    if not parts:
-        return Where(("0",))
-    return Where((" OR ".join(f"({p.sql})" for p in parts),), tuple(v for p in parts for v in p.params))
+def code_in(codes: Collection[tuple[str, str]]) -> Condition:
+    return CodeIn(tuple((value, scheme) for value, scheme in codes))
+
+
+def only_equals(condition: Condition, column: str) -> str | None:
+    """The value when ``condition`` is exactly ``column = value`` (lets the store answer from counters)."""
+    return condition.value if isinstance(condition, Equals) and condition.column == column else None

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.multival import MultiValue
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
 from .errors import bad_request

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import Enum
-from typing import Callable, Iterable
+from enum import StrEnum
 
 log = logging.getLogger(__name__)
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     CREATED = "created"
     STATE_CHANGED = "state_changed"      # also sent when Input Readiness State changes (a State Report)
     PROGRESS = "progress"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydicom import Dataset
 
-from .constants import SCHEDULED
+from .constants import PRIVATE_SCHEME, SCHEDULED
 from .dicom_json import to_json
 
 
@@ -17,7 +17,7 @@ def _item(**attributes: object) -> Dataset:
 
 def sample_workitem(patient_id: str = "PAT-1", patient_name: str = "Doe^Jane", label: str = "Lung nodules",
                     priority: str = "MEDIUM", start: str = "20240101120000", readiness: str = "READY",
-                    code: tuple[str, str, str] = ("lung-nodules", "99ORTHANC-AI", "Lung nodule detection"),
+                    code: tuple[str, str, str] = ("lung-nodules", PRIVATE_SCHEME, "Lung nodule detection"),
                     study_uid: str = "1.2.826.0.1.3680043.8.498.1", accession: str = "ACC-1",
                     with_type2: bool = True) -> dict:
     """A complete SCHEDULED workitem as DICOM JSON (without Type 2 extras when ``with_type2`` is False)."""
@@ -54,10 +54,10 @@ def completion_attributes(start: str = "20240101120000", end: str = "20240101120
     """The attributes that meet the COMPLETED final-state requirements (DICOM JSON)."""
     ds = Dataset()
     ds.UnifiedProcedureStepPerformedProcedureSequence = [_item(
-        PerformedStationNameCodeSequence=[_item(CodeValue="orthanc-ai", CodingSchemeDesignator="99ORTHANC-AI",
+        PerformedStationNameCodeSequence=[_item(CodeValue="orthanc-ai", CodingSchemeDesignator=PRIVATE_SCHEME,
                                                 CodeMeaning="Orthanc AI orchestrator")],
         PerformedProcedureStepStartDateTime=start, PerformedProcedureStepEndDateTime=end,
-        PerformedWorkitemCodeSequence=[_item(CodeValue="lung-nodules", CodingSchemeDesignator="99ORTHANC-AI",
+        PerformedWorkitemCodeSequence=[_item(CodeValue="lung-nodules", CodingSchemeDesignator=PRIVATE_SCHEME,
                                              CodeMeaning="Lung nodule detection")],
         OutputInformationSequence=[])]
     return to_json(ds)

@@ -8,8 +8,8 @@ DA/DT (a single value covers its own precision: ``20240101`` is the whole day), 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.tag import BaseTag
@@ -17,7 +17,7 @@ from pydicom.uid import UID
 
 from . import criteria
 from .constants import Warnings
-from .criteria import Where
+from .criteria import MATCH_ALL, Condition
 from .dicom_json import describe, resolve_tag, tag_key, vr_of
 from .errors import bad_request
 from .index import ACCESSION_PATH, COLUMN_PATHS, date_key, datetime_key
@@ -46,7 +46,7 @@ DEFAULT_RETURN_KEYWORDS = (
 
 @dataclass(frozen=True)
 class SearchQuery:
-    where: Where
+    where: Condition
     offset: int
     limit: int
     return_keys: frozenset[str] | None  # DICOM JSON keys; None: every attribute
@@ -89,9 +89,9 @@ def _match_path(key: str) -> tuple[str, ...]:
     return path
 
 
-def _condition(key: str, path: tuple[str, ...], value: str) -> Where:
+def _condition(key: str, path: tuple[str, ...], value: str) -> Condition:
     if not value or value == "*":
-        return Where()  # universal matching: returns the attribute, matches everything
+        return MATCH_ALL  # universal matching: returns the attribute, matches everything
     if path not in MATCH_COLUMNS:
         raise bad_request(f"Search key {key!r}: a sequence matches through one of its attributes, e.g. "
                           f"{key}.CodeValue={value}")
@@ -120,7 +120,7 @@ def _uid_list(key: str, value: str) -> list[str]:
     return uids
 
 
-def _range(key: str, column: str, value: str, to_key) -> Where:
+def _range(key: str, column: str, value: str, to_key: Callable[..., str]) -> Condition:
     low, sep, high = value.partition("-")
     if not sep:
         high = low

@@ -9,7 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from .constants import CANCELED, COMPLETED, FINAL_STATES, IN_PROGRESS, SCHEDULED, STATES, Status, Warnings
+from .constants import (
+    CANCELED,
+    COMPLETED,
+    FINAL_STATES,
+    IN_PROGRESS,
+    SCHEDULED,
+    STATES,
+    Status,
+    Warnings,
+)
 from .errors import UPSError, bad_request, conflict
 
 _REPEATED_FINAL = {COMPLETED: Warnings.ALREADY_COMPLETED, CANCELED: Warnings.ALREADY_CANCELED}  # B306, B304

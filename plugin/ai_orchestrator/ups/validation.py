@@ -6,12 +6,19 @@ Each rule lives here once; a failure is a 400 (or 409 for final-state requiremen
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from pydicom import Dataset
 from pydicom.uid import UID
 
-from .constants import CANCELED, COMPLETED, INPUT_READINESS_STATES, PRIORITIES, SCHEDULED, Status
+from .constants import (
+    CANCELED,
+    COMPLETED,
+    INPUT_READINESS_STATES,
+    PRIORITIES,
+    SCHEDULED,
+    Status,
+)
 from .dicom_json import describe, has_value, text_value
 from .errors import UPSError, bad_request, conflict
 
@@ -157,6 +164,8 @@ _CANCELED_VALUES = ("ProcedureStepCancellationDateTime", "ProcedureStepDiscontin
 
 def check_final_requirements(uid: str, state: str, ds: Dataset) -> None:
     """409 (C304) unless the dataset meets the requirements to become ``state``."""
+    values: tuple[str, ...]
+    present: tuple[str, ...]
     if state == COMPLETED:
         sequence, values, present = "UnifiedProcedureStepPerformedProcedureSequence", _COMPLETED_VALUES, \
             ("OutputInformationSequence",)

@@ -14,13 +14,21 @@ Each setting at 0 (or None) disables its step.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator
+from functools import partial
 
-from .intake import ItemFacts, create_idempotent, force_cancel_quietly, replacement_of
-from .ups.constants import IN_PROGRESS, SCHEDULED
-from .ups.errors import UPSError
+from ..config import Settings
+from ..ups.constants import IN_PROGRESS, SCHEDULED
+from ..ups.errors import UPSError
+from .scheduling import (
+    ItemFacts,
+    create_idempotent,
+    force_cancel_quietly,
+    replacement_of,
+)
+from .service import WorkitemService
 
 log = logging.getLogger("ai_orchestrator.housekeeping")
 
@@ -39,7 +47,7 @@ class HousekeepingSettings:
     max_attempts: int = 3  # performer leases that may expire in one chain of replacements
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "HousekeepingSettings":
+    def from_settings(cls, settings: Settings) -> HousekeepingSettings:
         return cls(settings.scheduled_max_age_s, settings.lease_s, settings.retention_days, settings.max_attempts)
 
 
@@ -72,7 +80,7 @@ def cutoffs(now: datetime, settings: HousekeepingSettings) -> Cutoffs:
                    retention=_before(now, timedelta(days=settings.retention_days or 0)))
 
 
-def run_housekeeping(service: Any, now: datetime, settings: HousekeepingSettings,
+def run_housekeeping(service: WorkitemService, now: datetime, settings: HousekeepingSettings,
                      keep_going: Callable[[], bool] = lambda: True) -> Report:
     """One pass over the workitems. Per-item failures are logged and reported; the pass goes on.
 
@@ -82,10 +90,10 @@ def run_housekeeping(service: Any, now: datetime, settings: HousekeepingSettings
     if limits.scheduled:
         reason = not_started_reason(settings.scheduled_max_age_s or 0)
         for uid in _while(keep_going, service.find_stale(SCHEDULED, limits.scheduled)):
-            _guarded(report, uid, lambda uid=uid: _cancel_not_started(service, uid, reason, report))
+            _guarded(report, uid, partial(_cancel_not_started, service, uid, reason, report))
     if limits.lease:
         for uid in _while(keep_going, service.find_stale(IN_PROGRESS, limits.lease)):
-            _guarded(report, uid, lambda uid=uid: _expire_lease(service, uid, now, settings.max_attempts, report))
+            _guarded(report, uid, partial(_expire_lease, service, uid, now, settings.max_attempts, report))
     if limits.retention and keep_going():
         report.purged = service.purge_final(limits.retention)
     if report != Report():
@@ -100,7 +108,7 @@ def _while(keep_going: Callable[[], bool], uids: list[str]) -> Iterator[str]:
         yield uid
 
 
-def _guarded(report: Report, uid: str, step: Any) -> None:
+def _guarded(report: Report, uid: str, step: Callable[[], None]) -> None:
     try:
         step()
     except Exception as error:  # one bad item must not stop the pass
@@ -108,12 +116,12 @@ def _guarded(report: Report, uid: str, step: Any) -> None:
         report.errors.append(f"{uid}: {error}")
 
 
-def _cancel_not_started(service: Any, uid: str, reason: str, report: Report) -> None:
+def _cancel_not_started(service: WorkitemService, uid: str, reason: str, report: Report) -> None:
     if force_cancel_quietly(service, uid, reason):
         report.not_started.append(uid)
 
 
-def _expire_lease(service: Any, uid: str, now: datetime, max_attempts: int, report: Report) -> None:
+def _expire_lease(service: WorkitemService, uid: str, now: datetime, max_attempts: int, report: Report) -> None:
     item = service.retrieve(uid)
     if not force_cancel_quietly(service, uid, LEASE_EXPIRED_REASON):
         return  # it reached a final state meanwhile: its performer was alive after all
@@ -127,7 +135,7 @@ def _expire_lease(service: Any, uid: str, now: datetime, max_attempts: int, repo
     report.replacements.append(new_uid)
 
 
-def expired_leases_before(service: Any, item: dict) -> int:
+def expired_leases_before(service: WorkitemService, item: dict) -> int:
     """How many items this one replaces, transitively, that were canceled because their lease expired."""
     count, facts = 0, ItemFacts.from_json(item)
     while facts.replaces:

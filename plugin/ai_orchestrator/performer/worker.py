@@ -11,21 +11,31 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import datetime
+from typing import Any
 
 import torch
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from .claims import Claim, ClaimLedger
-from .imaging import InputError
+from ..gateway.protocol import OrthancGateway
+from ..manager.service import WorkitemService
+from ..modeling.api import ModelResult, ModelSpec
+from ..modeling.imaging import InputError, load_volume
+from ..store.claims import Claim, ClaimLedger
+from ..ups.clock import utc_now
+from ..ups.constants import CANCELED, COMPLETED, IN_PROGRESS
+from ..ups.errors import UPSError
 from .inputs import fetch_series, input_series
-from .performed import CANCEL_REQUESTED_REASON, canceled_attributes, completed_attributes
+from .performed import (
+    CANCEL_REQUESTED_REASON,
+    OutputSeries,
+    canceled_attributes,
+    completed_attributes,
+)
 from .timing import StageTimer
-from .ups.constants import IN_PROGRESS
-from .ups.errors import UPSError
 
 log = logging.getLogger("ai_orchestrator.worker")
 AlgorithmCode = tuple[str, str]  # (CodeValue, CodingSchemeDesignator)
@@ -39,11 +49,11 @@ class CancelRequested(Exception):
 class Job:
     claim: Claim
     workitem: Dataset  # parsed once: a workitem lists every input instance, and parsing it is not free
-    model: Any  # registry.ModelSpec
+    model: ModelSpec
     started: datetime
     timer: StageTimer = field(default_factory=StageTimer)
-    sources: list = field(default_factory=list)  # the input datasets, which results reference
-    volume: Any = None  # what model.prepare made of them
+    sources: list[Dataset] = field(default_factory=list)  # the input datasets, which results reference
+    volume: Any = None  # what model.prepare made of them: its own type, a Volume by default
 
 
 class RunContext(dict):
@@ -52,7 +62,7 @@ class RunContext(dict):
     A mapping (``context["stage"]``...) as the registry's PredictFn declares, with the same as attributes.
     """
 
-    def __init__(self, worker: "InferenceWorker", job: Job):
+    def __init__(self, worker: InferenceWorker, job: Job):
         self._worker, self._job = worker, job
         self.timer = job.timer
         self.stage = job.timer.stage
@@ -70,13 +80,10 @@ def _algorithm_code(workitem: Dataset) -> AlgorithmCode | None:
     return (str(codes[0].CodeValue), str(codes[0].CodingSchemeDesignator)) if codes else None
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 class InferenceWorker:
-    def __init__(self, service, gateway, models: Mapping[AlgorithmCode, Any], ledger: ClaimLedger,
-                 device: torch.device, publish: Callable[[Job, Any], list], *, max_attempts: int = 3,
+    def __init__(self, service: WorkitemService, gateway: OrthancGateway, models: Mapping[AlgorithmCode, ModelSpec],
+                 ledger: ClaimLedger, device: torch.device, publish: Callable[[Job, ModelResult], list[OutputSeries]],
+                 *, max_attempts: int = 3,
                  loaders: int = 1, idle_poll_s: float = 2.0, backoff_s: float = 2.0):
         self.service, self.gateway, self.models, self.ledger = service, gateway, dict(models), ledger
         self.device, self.publish = device, publish
@@ -167,8 +174,11 @@ class InferenceWorker:
         job = None
         try:
             workitem = Dataset.from_json(self.service.retrieve(claim.uid))
-            model = self.models[_algorithm_code(workitem)]
-            job = Job(claim, workitem, model, _now())
+            code = _algorithm_code(workitem)
+            if code is None or code not in self.models:
+                raise LookupError(f"no local model runs the workitem's algorithm {code}")
+            model = self.models[code]
+            job = Job(claim, workitem, model, utc_now())
             attempt = self.ledger.count_attempt(claim.uid)
             self.report(job, 0, f"attempt {attempt} of {self.max_attempts}: loading inputs")
             series = input_series(workitem)
@@ -177,7 +187,7 @@ class InferenceWorker:
             job.sources = fetch_series(self.gateway, series[0], job.timer)
             self.checkpoint(job)
             with job.timer.stage("decode"):
-                job.volume = model.prepare(job.sources)
+                job.volume = (model.prepare or load_volume)(job.sources)
                 job.sources = list(getattr(job.volume, "datasets", job.sources))  # in slice order when sorted
             return job
         except Exception as error:
@@ -204,11 +214,11 @@ class InferenceWorker:
             finally:
                 job.volume, job.sources = None, []
 
-    def _complete(self, job: Job, outputs: list) -> None:
+    def _complete(self, job: Job, outputs: list[OutputSeries]) -> None:
         code = job.workitem.ScheduledWorkitemCodeSequence[0]
         algorithm = (str(code.CodeValue), str(code.CodingSchemeDesignator), str(code.CodeMeaning))
-        self.service.change_state(job.claim.uid, "COMPLETED", job.claim.transaction_uid,
-                                  completed_attributes(job.started, _now(), algorithm, outputs))
+        self.service.change_state(job.claim.uid, COMPLETED, job.claim.transaction_uid,
+                                  completed_attributes(job.started, utc_now(), algorithm, outputs))
         self.ledger.release(job.claim.uid)
         self.completed_runs = (self.completed_runs + [{"uid": job.claim.uid, **job.timer.as_dict()}])[-50:]
         log.info("completed %s (%s) in %s", job.claim.uid, job.model.name, job.timer.as_dict())
@@ -241,10 +251,10 @@ class InferenceWorker:
             return
         self._cancel(claim, f"failed after {attempts} attempt(s): {type(error).__name__}: {error}")
 
-    def _cancel(self, claim: Claim, reason: str, code=None) -> None:
+    def _cancel(self, claim: Claim, reason: str, code: tuple[str, str, str] | None = None) -> None:
         try:
-            extra = canceled_attributes(_now(), reason, code) if code else canceled_attributes(_now(), reason)
-            self.service.change_state(claim.uid, "CANCELED", claim.transaction_uid, extra)
+            extra = canceled_attributes(utc_now(), reason, code) if code else canceled_attributes(utc_now(), reason)
+            self.service.change_state(claim.uid, CANCELED, claim.transaction_uid, extra)
         except UPSError as error:
             log.error("could not cancel %s: %s", claim.uid, error)
         self.ledger.release(claim.uid)

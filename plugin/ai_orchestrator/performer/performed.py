@@ -7,10 +7,12 @@ from datetime import datetime
 
 from pydicom import Dataset
 
-from .ups.attributes import code_item, format_dt
-from .ups.dicom_json import to_json
+from ..ups.attributes import code_item
+from ..ups.clock import format_dt
+from ..ups.constants import PRIVATE_SCHEME
+from ..ups.dicom_json import to_json
 
-PERFORMER_STATION = ("ORTHANC-AI", "99ORTHANCAI", "Orthanc AI Orchestrator in-process performer")
+PERFORMER_STATION = ("ORTHANC-AI", PRIVATE_SCHEME, "Orthanc AI Orchestrator in-process performer")
 MODEL_FAILURE_REASON = ("110513", "DCM", "Discontinued for unspecified reason")
 CANCEL_REQUESTED_REASON = ("110500", "DCM", "Doctor canceled procedure")
 

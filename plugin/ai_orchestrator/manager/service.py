@@ -7,35 +7,48 @@ told after the commit.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Collection, Mapping
+from datetime import UTC, datetime
 
 from pydicom import Dataset
 from pydicom.uid import UID, generate_uid
 
-from .store import StoreTransaction, WorkitemRow, WorkitemStore
-from .ups import criteria, search as ups_search, state_machine
-from .ups.attributes import cancel_details, code_item, fill_cancellation, merge, set_progress, stamp
-from .ups.constants import CANCELED, FINAL_STATES, IN_PROGRESS, READY, SCHEDULED, STATES, Status, Warnings
-from .ups.dicom_json import from_json, text_value, to_json
-from .ups.errors import UPSError, bad_request, conflict, gone, not_found
-from .ups.notifications import EventType, Listener, Listeners, WorkitemEvent
-from .ups.validation import check_final_requirements, validate_create, validate_update
+from ..store.workitems import StoreTransaction, WorkitemRow, WorkitemStore
+from ..ups import criteria, state_machine
+from ..ups import search as ups_search
+from ..ups.attributes import (
+    cancel_details,
+    code_item,
+    fill_cancellation,
+    merge,
+    set_progress,
+    stamp,
+)
+from ..ups.clock import Clock, utc_now
+from ..ups.constants import (
+    CANCELED,
+    FINAL_STATES,
+    IN_PROGRESS,
+    READY,
+    SCHEDULED,
+    STATES,
+    Status,
+    Warnings,
+)
+from ..ups.dicom_json import from_json, text_value, to_json
+from ..ups.errors import UPSError, bad_request, conflict, gone, not_found
+from ..ups.notifications import EventType, Listener, Listeners, WorkitemEvent
+from ..ups.validation import check_final_requirements, validate_create, validate_update
 
-Clock = Callable[[], datetime]
 DatasetLike = Mapping | Dataset
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _iso(moment: datetime) -> str:
     """Sortable UTC text for the created/modified columns (naive datetimes are taken as UTC)."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _as_dataset(data: DatasetLike | None) -> Dataset:
@@ -224,7 +237,7 @@ class WorkitemService:
         if wanted:  # None for both: any algorithm; an empty collection matches nothing
             where = where & criteria.any_of(wanted)
         with self._store.transaction() as tx:
-            uid = tx.first_uid(where, "priority_rank, start_datetime, seq")
+            uid = tx.next_to_claim(where)
             if uid is None:
                 return None
             change, row = self._apply(tx, uid, self._transition(uid, IN_PROGRESS, transaction_uid, Dataset()))

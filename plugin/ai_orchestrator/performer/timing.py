@@ -4,8 +4,8 @@ performer's own bookkeeping: progress reports and cancel checks)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class StageTimer:

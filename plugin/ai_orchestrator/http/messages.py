@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import orjson  # ten times faster than json.dumps on search answers of 100 workitems
 
@@ -28,11 +29,11 @@ class Response:
 
     @classmethod
     def json(cls, payload: Any, status: int = 200, content_type: str = "application/json",
-             headers: dict[str, str] | None = None) -> "Response":
+             headers: dict[str, str] | None = None) -> Response:
         return cls(status, {"Content-Type": content_type, **(headers or {})}, orjson.dumps(payload))
 
     @classmethod
-    def error(cls, status: int, message: str, dicom_status: str | None = None) -> "Response":
+    def error(cls, status: int, message: str, dicom_status: str | None = None) -> Response:
         payload = {"error": message}
         if dicom_status:
             payload["status"] = dicom_status

@@ -14,76 +14,19 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
 
-from .ups.criteria import Where
-from .ups.index import accession_numbers, index_columns
+from ..ups.clock import utc_now
+from ..ups.criteria import Condition, only_equals
+from ..ups.index import accession_numbers, index_columns
+from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .sql import where as compile_where
 
 DEFAULT_STORE_FILENAME = "ai-orchestrator.sqlite"
 
-# Each entry is one schema version (user_version = its position + 1). Never edit a released entry: append.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE workitems (
-            seq INTEGER PRIMARY KEY,
-            uid TEXT NOT NULL UNIQUE,
-            dataset TEXT NOT NULL,
-            transaction_uid TEXT,
-            cancel_request TEXT,
-            state TEXT NOT NULL,
-            priority TEXT, priority_rank INTEGER NOT NULL DEFAULT 3,
-            label TEXT, worklist_label TEXT,
-            start_datetime TEXT, expected_completion TEXT, input_readiness TEXT,
-            patient_name TEXT, patient_id TEXT, patient_birth_date TEXT, patient_sex TEXT,
-            study_instance_uid TEXT, code_value TEXT, code_scheme TEXT,
-            created_at TEXT NOT NULL, modified_at TEXT NOT NULL)""",
-        "CREATE INDEX workitems_state ON workitems(state, seq)",
-        "CREATE INDEX workitems_claim ON workitems(state, priority_rank, start_datetime, seq)",
-        "CREATE INDEX workitems_state_modified ON workitems(state, modified_at)",
-        "CREATE INDEX workitems_priority ON workitems(priority)",
-        "CREATE INDEX workitems_label ON workitems(label)",
-        "CREATE INDEX workitems_worklist_label ON workitems(worklist_label)",
-        "CREATE INDEX workitems_start ON workitems(start_datetime)",
-        "CREATE INDEX workitems_expected ON workitems(expected_completion)",
-        "CREATE INDEX workitems_readiness ON workitems(input_readiness)",
-        "CREATE INDEX workitems_patient_name ON workitems(patient_name)",
-        "CREATE INDEX workitems_patient_id ON workitems(patient_id)",
-        "CREATE INDEX workitems_birth_date ON workitems(patient_birth_date)",
-        "CREATE INDEX workitems_patient_sex ON workitems(patient_sex)",
-        "CREATE INDEX workitems_study ON workitems(study_instance_uid)",
-        "CREATE INDEX workitems_code ON workitems(code_value, code_scheme)",
-        """CREATE TABLE workitem_accessions (
-            seq INTEGER NOT NULL REFERENCES workitems(seq) ON DELETE CASCADE,
-            accession_number TEXT NOT NULL)""",
-        "CREATE INDEX workitem_accessions_number ON workitem_accessions(accession_number)",
-        "CREATE INDEX workitem_accessions_seq ON workitem_accessions(seq)",
-        "CREATE TABLE tombstones (uid TEXT PRIMARY KEY, state TEXT NOT NULL, purged_at TEXT NOT NULL)",
-    ),
-    (
-        """CREATE TABLE intake_events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            kind TEXT NOT NULL,
-            resource_id TEXT NOT NULL,
-            received_at TEXT NOT NULL)""",
-    ),
-    (
-        # Counts by state kept by triggers: /system and Search by state answer in O(1), whatever the store size.
-        "CREATE TABLE state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
-        "INSERT INTO state_counts SELECT state, COUNT(*) FROM workitems GROUP BY state",
-        """CREATE TRIGGER state_counts_insert AFTER INSERT ON workitems BEGIN
-            INSERT INTO state_counts VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1; END""",
-        """CREATE TRIGGER state_counts_delete AFTER DELETE ON workitems BEGIN
-            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state; END""",
-        """CREATE TRIGGER state_counts_update AFTER UPDATE OF state ON workitems WHEN OLD.state <> NEW.state BEGIN
-            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
-            INSERT INTO state_counts VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1; END""",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
 
 _ROW_COLUMNS = "uid, dataset, state, transaction_uid, cancel_request, created_at, modified_at"
 
@@ -145,12 +88,16 @@ class StoreTransaction:
     def is_purged(self, uid: str) -> bool:
         return self._conn.execute("SELECT 1 FROM tombstones WHERE uid = ?", (uid,)).fetchone() is not None
 
-    def first_uid(self, where: Where, order_by: str) -> str | None:
+    def next_to_claim(self, condition: Condition) -> str | None:
+        """The matching workitem a performer should take first: highest priority, then earliest start."""
+        where = compile_where(condition)
         found = self._conn.execute(
-            f"SELECT uid FROM workitems WHERE {where.sql} ORDER BY {order_by} LIMIT 1", where.params).fetchone()
+            f"SELECT uid FROM workitems WHERE {where.sql} ORDER BY priority_rank, start_datetime, seq LIMIT 1",
+            where.params).fetchone()
         return found[0] if found else None
 
-    def uids(self, where: Where) -> list[str]:
+    def uids(self, condition: Condition) -> list[str]:
+        where = compile_where(condition)
         return [r[0] for r in self._conn.execute(
             f"SELECT uid FROM workitems WHERE {where.sql} ORDER BY seq", where.params)]
 
@@ -161,7 +108,7 @@ class StoreTransaction:
                   row.created_at, row.modified_at, *columns.values()]
         cursor = self._conn.execute(
             f"INSERT INTO workitems ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", values)
-        self._write_accessions(cursor.lastrowid, row.dataset)
+        self._write_accessions(_row_id(cursor), row.dataset)
 
     def replace(self, row: WorkitemRow) -> None:
         """Overwrite a stored workitem (same uid) and its search columns; created_at is kept."""
@@ -189,6 +136,13 @@ class StoreTransaction:
     def _write_accessions(self, seq: int, dataset: dict) -> None:
         self._conn.executemany("INSERT INTO workitem_accessions (seq, accession_number) VALUES (?, ?)",
                                [(seq, number) for number in accession_numbers(dataset)])
+
+
+def _row_id(cursor: sqlite3.Cursor) -> int:
+    """The rowid an INSERT just made (sqlite3 types it optional: None only before any insert)."""
+    if cursor.lastrowid is None:
+        raise StoreError("the INSERT made no row")
+    return cursor.lastrowid
 
 
 def _dump(value: dict | None) -> str | None:
@@ -226,7 +180,7 @@ class WorkitemStore:
                 conn.close()
             self._connections.by_thread.clear()
 
-    def __enter__(self) -> "WorkitemStore":
+    def __enter__(self) -> WorkitemStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -271,8 +225,8 @@ class WorkitemStore:
     def is_purged(self, uid: str) -> bool:
         return StoreTransaction(self._connection()).is_purged(uid)
 
-    def uids(self, where: Where) -> list[str]:
-        return StoreTransaction(self._connection()).uids(where)
+    def uids(self, condition: Condition) -> list[str]:
+        return StoreTransaction(self._connection()).uids(condition)
 
     def transaction_uid(self, uid: str) -> str | None:
         found = self._connection().execute("SELECT transaction_uid FROM workitems WHERE uid = ?", (uid,)).fetchone()
@@ -283,19 +237,21 @@ class WorkitemStore:
             "SELECT cancel_request IS NOT NULL FROM workitems WHERE uid = ?", (uid,)).fetchone()
         return bool(found and found[0])
 
-    def select(self, where: Where, offset: int = 0, limit: int | None = None) -> tuple[list[WorkitemRow], int]:
+    def select(self, condition: Condition, offset: int = 0,
+               limit: int | None = None) -> tuple[list[WorkitemRow], int]:
         """One page of matching workitems in insertion order, and the total number of matches.
 
         The total is only counted when the page is full (a short page is the end); a state-only query reads it
         from the trigger-kept counters.
         """
+        where = compile_where(condition)
         with self._begin("BEGIN") as conn:  # one snapshot for the page and the count
             rows = conn.execute(
                 f"SELECT {_ROW_COLUMNS} FROM workitems WHERE {where.sql} ORDER BY seq LIMIT ? OFFSET ?",
                 (*where.params, -1 if limit is None else limit, offset)).fetchall()
             if limit is None or len(rows) < limit:
                 return [_row(r) for r in rows], offset + len(rows)
-            state = where.only_equals("state")
+            state = only_equals(condition, "state")
             if state is not None:
                 counted = conn.execute("SELECT n FROM state_counts WHERE state = ?", (state,)).fetchone()
                 total = counted[0] if counted else 0
@@ -327,11 +283,11 @@ class WorkitemStore:
     # -- intake event queue ------------------------------------------------------------------------------
     def enqueue_event(self, kind: str, resource_id: str, received_at: str | None = None) -> int:
         """Record an Orthanc change (e.g. ``STABLE_STUDY``) durably; answers its id."""
-        received_at = received_at or datetime.now(timezone.utc).isoformat()
+        received_at = received_at or utc_now().isoformat()
         with self._begin("BEGIN IMMEDIATE") as conn:
             cursor = conn.execute("INSERT INTO intake_events (kind, resource_id, received_at) VALUES (?, ?, ?)",
                                   (kind, resource_id, received_at))
-        return cursor.lastrowid
+        return _row_id(cursor)
 
     def pending_events(self, limit: int = 100) -> list[IntakeEvent]:
         """The oldest events not acknowledged yet."""

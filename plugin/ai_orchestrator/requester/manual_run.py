@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from pydicom.uid import generate_uid
 
-from .intake import RegistryMatcher, build_workitem
-from .orthanc_gateway import OrthancGateway
-from .study import read_study
+from ..gateway.protocol import OrthancGateway, ResourceNotFound
+from ..gateway.study import read_study
+from ..modeling.registry import Registry
+from ..ups.clock import Clock, utc_now
+from .building import build_workitem
+from .matching import RegistryMatcher
+from .planning import PlanService
 
 
 class ManualRunError(ValueError):
@@ -17,25 +19,26 @@ class ManualRunError(ValueError):
         self.status = status
 
 
-def schedule_run(gateway: OrthancGateway, registry, service, orthanc_study_id: str, model_name: str | None, *,
-                 dicomweb_base: str) -> str:
+def schedule_run(gateway: OrthancGateway, registry: Registry, service: PlanService, orthanc_study_id: str,
+                 model_name: str | None, *, dicomweb_base: str, now: Clock = utc_now) -> str:
     """Create the workitem and answer its UID. Each call is a new run (a fresh UID), even for the same inputs."""
     if not model_name:
         raise ManualRunError(400, 'the body must name a model: {"model": "<name>"}')
-    if registry.get(model_name) is None:
-        known = ", ".join(model.name for model in registry.models) or "none"
+    model = registry.get(model_name)
+    if model is None:
+        known = ", ".join(loaded.name for loaded in registry.models) or "none"
         raise ManualRunError(404, f"no working model named {model_name!r} (loaded: {known})")
     try:
         snapshot = read_study(gateway, orthanc_study_id)
-    except Exception as error:
+    except ResourceNotFound as error:
         raise ManualRunError(404, f"no study {orthanc_study_id} in Orthanc ({error})") from error
     matches = [(algorithm, series) for algorithm, series in RegistryMatcher(registry, priority="HIGH").match(snapshot)
                if algorithm.label == model_name]
     if not matches:
         raise ManualRunError(409, f"model {model_name!r} applies to no series of study {orthanc_study_id} "
-                                  f"(it needs {registry.get(model_name).describe_inputs()})")
+                                  f"(it needs {model.describe_inputs()})")
     algorithm, series = matches[0]
     uid = generate_uid()
     service.create(build_workitem(snapshot, algorithm, series, uid=uid, dicomweb_base=dicomweb_base,
-                                  now=datetime.now(timezone.utc)), uid)
+                                  now=now()), uid)
     return uid

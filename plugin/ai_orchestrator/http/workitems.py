@@ -8,15 +8,15 @@ answers an array (``[]`` when nothing matches).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from pydicom.uid import UID
 
-from .http_types import DICOM_JSON, Request, Response
-from .service import Outcome, WorkitemService
-from .ups.constants import Status
-from .ups.dicom_json import parse_payload, text_value
-from .ups.errors import UPSError, bad_request
+from ..manager.service import Outcome, WorkitemService
+from ..ups.constants import Status
+from ..ups.dicom_json import parse_payload, text_value
+from ..ups.errors import UPSError, bad_request
+from .messages import DICOM_JSON, Request, Response
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,11 @@ SOP Class UID (``?expand`` answers JSON; the single ``/metadata/SopClassUid`` UR
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from .orthanc_gateway import OrthancGateway
+from .protocol import OrthancGateway
 
 
 @dataclass(frozen=True)

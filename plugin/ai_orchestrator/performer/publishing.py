@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from io import BytesIO
-from typing import Any, Sequence
+from typing import TYPE_CHECKING
 
-import pydicom
 from pydicom import Dataset
-from pydicom.sr.coding import Code
-from pydicom.sr.codedict import codes
 
-from .orthanc_gateway import OrthancGateway
+from ..gateway.protocol import OrthancGateway
+from ..modeling.api import ModelResult
+from ..results.encoding import encode, to_bytes
 from .performed import OutputSeries
-from .results import write_sc, write_seg, write_sr
+
+if TYPE_CHECKING:
+    from .worker import Job
 
 log = logging.getLogger("ai_orchestrator")
 
@@ -25,52 +25,11 @@ class Forwarding:
     delete_study_after: bool = False  # as the reference clinical pipeline does once results are forwarded
 
 
-def encode(result: Any, sources: Sequence[Dataset], model: Any) -> list[Dataset]:
-    """The result objects the model declares and the result can fill, SEG first (the SR references it)."""
-    seg = write_seg(result, sources, model) if "SEG" in model.outputs and result.segments else None
-    objects = [seg] if seg is not None else []
-    if "SR" in model.outputs and result.measurements:
-        objects.append(write_sr(result, sources, model, seg=seg))
-    if "SC" in model.outputs and result.segments:
-        objects.append(write_sc(result, sources, model))
-    return objects
-
-
-def to_bytes(dataset: Dataset) -> bytes:
-    buffer = BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def warm_up_encoders() -> list[Dataset]:
-    """Encode a tiny result once, at start-up, and throw it away.
-
-    highdicom loads its tables of the standard on first use (about 200,000 Python objects, half a second). Loaded
-    here, before the entry module freezes start-up objects out of the garbage collector, they neither slow the
-    first study down nor get rescanned by every full collection during later runs.
-    """
-    from .phantom import make_chest_phantom
-    from .registry import Measurement, ModelResult, ModelSpec, Segment
-
-    phantom = make_chest_phantom(slices=2, rows=32)
-    model = ModelSpec(name="warm-up", version="0", algorithm=Code("warm-up", "99AIORCH", "Warm-up"),
-                      applies_to={"Modality": "CT"}, predict=lambda *_: None)
-    lung = phantom.labels > 0  # any mask will do
-    result = ModelResult(
-        segments=(Segment("Lung", lung, codes.SCT.AnatomicalStructure, codes.SCT.Lung),),
-        measurements=(Measurement(codes.SCT.Volume, 1.0, Code("ml", "UCUM", "milliliter"), "Lung"),),
-    )
-    objects = encode(result, phantom.datasets, model)
-    for dataset in objects:
-        to_bytes(dataset)
-    return objects
-
-
 class ResultPublisher:
     def __init__(self, gateway: OrthancGateway, dicomweb_url: str, forwarding: Forwarding = Forwarding()):
         self.gateway, self.dicomweb_url, self.forwarding = gateway, dicomweb_url.rstrip("/"), forwarding
 
-    def publish(self, job: Any, result: Any) -> list[OutputSeries]:
+    def publish(self, job: Job, result: ModelResult) -> list[OutputSeries]:
         """Encode, store in Orthanc, forward if configured; answers the series for Output Information.
 
         Destinations are resolved first: a workitem naming an unknown one fails before anything is stored.

@@ -1,43 +1,17 @@
-"""How the plain-Python parts of the plugin talk to Orthanc.
-
-Inside Orthanc, the entry module hands out an in-process gateway (``orthanc.RestApiGet`` and friends,
-no HTTP, no auth). Tests, benchmarks and external tools use :class:`HttpGateway` over Orthanc's REST API.
-Both speak Orthanc's own REST URIs (``/studies/{id}``, ``/instances``...), so code written against the
-protocol runs unchanged in both places.
-"""
+"""The Orthanc gateway over Orthanc's HTTP REST API (httpx), for tests, benchmarks and external tools."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
+from .protocol import OrthancError, ResourceNotFound
 
 # Orthanc's HTTP server closes a connection idle for about 1 s (KeepAliveTimeout since 1.11.3, built in before). A
 # client that reuses it just then gets "server disconnected"; expiring idle connections sooner avoids that race.
 ORTHANC_CONNECTION_LIMITS = httpx.Limits(keepalive_expiry=0.5)
-
-
-class OrthancError(RuntimeError):
-    """Orthanc answered a REST call with an error."""
-
-
-class OrthancGateway(Protocol):
-    def get_json(self, uri: str) -> Any:
-        """GET an Orthanc REST URI and decode its JSON answer."""
-
-    def get_instance_dicom(self, instance_id: str) -> bytes:
-        """The DICOM file (Part 10 bytes) of an Orthanc instance."""
-
-    def post_json(self, uri: str, body: Any) -> Any:
-        """POST a JSON body and decode the JSON answer."""
-
-    def post_instance(self, dicom: bytes) -> dict:
-        """Store one DICOM file (POST /instances); answers Orthanc's JSON (``ID``, ``ParentStudy``...)."""
-
-    def delete(self, uri: str) -> None:
-        """DELETE an Orthanc REST URI."""
 
 
 class HttpGateway:
@@ -47,10 +21,12 @@ class HttpGateway:
         self._client = client
 
     @classmethod
-    def connect(cls, base_url: str, auth: tuple[str, str] | None = None, timeout: float = 300.0) -> "HttpGateway":
+    def connect(cls, base_url: str, auth: tuple[str, str] | None = None, timeout: float = 300.0) -> HttpGateway:
         return cls(httpx.Client(base_url=base_url, auth=auth, timeout=timeout, limits=ORTHANC_CONNECTION_LIMITS))
 
     def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code == 404:
+            raise ResourceNotFound(f"{response.request.method} {response.request.url.path}: no such resource")
         if response.is_error:
             raise OrthancError(f"{response.request.method} {response.request.url.path}: "
                                f"HTTP {response.status_code} {response.text[:200]}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pydicom
@@ -32,7 +32,8 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.hu.shape  # type: ignore[return-value]
+        slices, rows, columns = self.hu.shape
+        return slices, rows, columns
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -52,7 +53,7 @@ class Volume:
 
 def read_datasets(sources: Iterable[bytes | Path | str]) -> list[Dataset]:
     """Parse DICOM files or in-memory instances (e.g. bytes fetched from Orthanc); a broken one is an InputError."""
-    datasets = []
+    datasets: list[Dataset] = []
     for index, source in enumerate(sources):
         try:
             raw = io.BytesIO(source) if isinstance(source, bytes) else source

@@ -1,18 +1,20 @@
-"""The model registry: each ``*.py`` in the models directory declares one model as ``MODEL = ModelSpec(...)``.
+"""The model API: what a model module in the models directory imports and declares.
 
-Loading never raises: a module that fails to import or declares nonsense is kept as an entry with
-``status="error"`` so that ``GET /ai-orchestrator/models`` can show what is wrong with it.
+A model module declares ``MODEL = ModelSpec(...)``. Its ``predict`` takes what ``prepare`` made of the input series
+(by default a :class:`ai_orchestrator.modeling.imaging.Volume` in modality units), the torch device and a run
+context, and answers a :class:`ModelResult`: segments (written as a DICOM SEG), measurements (a TID 1500 SR) and a
+short summary burnt into a preview image. Coded concepts are pydicom ``Code`` values, e.g. from
+``pydicom.sr.codedict.codes``.
+
+This module is the stable surface for model authors: it imports nothing else from the package.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import re
-import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from pydicom.datadict import tag_for_keyword
@@ -20,18 +22,25 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from .imaging import load_volume
-from .results import is_own_result
-
 if TYPE_CHECKING:
     import torch
 
 OUTPUT_KINDS = frozenset({"SEG", "SR", "SC"})
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-MODULE_PREFIX = "ai_orchestrator_models"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-log = logging.getLogger("ai_orchestrator")
+
+class RunContext(Protocol):
+    """What ``predict`` gets as its third argument: stage timing, progress reports and cancel checkpoints.
+
+    It is also a mapping with the keys ``stage``, ``progress``, ``checkpoint`` and ``timer``.
+    """
+
+    def progress(self, percent: float, description: str) -> None: ...
+
+    def checkpoint(self) -> None:
+        """Raises when a cancel was requested: call it between long steps."""
+
+    def __getitem__(self, key: str) -> Any: ...
 
 
 class ModelSpecError(ValueError):
@@ -70,7 +79,8 @@ class ModelResult:
     summary: Mapping[str, float] = field(default_factory=dict)  # short label -> value, burnt into the preview
 
 
-PredictFn = Callable[[Any, "torch.device", Mapping[str, Any]], ModelResult]
+PredictFn = Callable[[Any, "torch.device", RunContext], ModelResult]
+PrepareFn = Callable[[Sequence[Dataset]], Any]
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +95,7 @@ class ModelSpec:
     outputs: frozenset[str] = OUTPUT_KINDS
     min_instances: int = 1
     series_complete: Callable[[Mapping[str, Any]], bool] | None = None
-    prepare: Callable[[Sequence[Dataset]], Any] = load_volume
+    prepare: PrepareFn | None = None  # None: the series as a Volume (modeling.imaging.load_volume)
     description: str = ""
     family: Code = codes.DCM.ArtificialIntelligence  # Algorithm Family (CID 7162) in SEG/SR provenance
     procedure: Code = codes.SCT.ImagingProcedure  # Procedure Reported of the SR measurement report
@@ -100,9 +110,10 @@ class ModelSpec:
         object.__setattr__(self, "outputs", frozenset(self.outputs))
         if not self.outputs or not self.outputs <= OUTPUT_KINDS:
             raise ModelSpecError(f"outputs must be a non-empty subset of {sorted(OUTPUT_KINDS)}")
-        for attribute in ("predict", "prepare"):
-            if not callable(getattr(self, attribute)):
-                raise ModelSpecError(f"{attribute} must be callable")
+        if not callable(self.predict):
+            raise ModelSpecError("predict must be callable")
+        if self.prepare is not None and not callable(self.prepare):
+            raise ModelSpecError("prepare must be callable or None")
         if self.series_complete is not None and not callable(self.series_complete):
             raise ModelSpecError("series_complete must be callable or None")
         if isinstance(self.min_instances, bool) or not isinstance(self.min_instances, int) or self.min_instances < 1:
@@ -125,96 +136,6 @@ class ModelSpec:
             "min_instances": self.min_instances,
             "completeness_check": self.series_complete is not None,
         }
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    name: str
-    source: Path
-    spec: ModelSpec | None = None
-    error: str | None = None
-
-    @property
-    def status(self) -> str:
-        return "ok" if self.spec is not None else "error"
-
-    def describe(self) -> dict[str, Any]:
-        spec = self.spec
-        return {
-            "name": self.name,
-            "version": spec.version if spec else None,
-            "description": spec.description if spec else "",
-            "algorithm": _code_json(spec.algorithm) if spec else None,
-            "inputs": spec.describe_inputs() if spec else None,
-            "outputs": sorted(spec.outputs) if spec else [],
-            "status": self.status,
-            "error": self.error,
-            "source": self.source.name,
-        }
-
-
-class Registry:
-    def __init__(self, entries: Sequence[RegistryEntry] = ()) -> None:
-        self.entries: tuple[RegistryEntry, ...] = tuple(entries)
-
-    @classmethod
-    def load(cls, models_dir: Path | str | None = None) -> "Registry":
-        directory = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
-        if not directory.is_dir():
-            log.warning("models directory %s does not exist: no models", directory)
-            return cls()
-        entries: list[RegistryEntry] = []
-        for path in sorted(directory.glob("*.py")):
-            if not path.name.startswith("_"):
-                entries.append(_deduplicated(_load_entry(path), entries))
-        return cls(entries)
-
-    @property
-    def models(self) -> list[ModelSpec]:
-        return [entry.spec for entry in self.entries if entry.spec is not None]
-
-    def get(self, name: str) -> ModelSpec | None:
-        return next((model for model in self.models if model.name == name), None)
-
-    def applicable(self, series_list: Sequence[Mapping[str, Any]]) -> list[tuple[ModelSpec, list[Mapping[str, Any]]]]:
-        """Each working model with the series it applies to; models with none are left out, as are our own results."""
-        inputs = [series for series in series_list if not is_own_result(series)]
-        pairs = []
-        for model in self.models:
-            matching = [series for series in inputs if model.matches(series)]
-            if matching:
-                pairs.append((model, matching))
-        return pairs
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [entry.describe() for entry in self.entries]
-
-
-def _load_entry(path: Path) -> RegistryEntry:
-    module_name = f"{MODULE_PREFIX}.{path.stem}"
-    try:
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ImportError(f"cannot import {path.name}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module  # dataclasses and pickling look the module up here
-        module_spec.loader.exec_module(module)
-    except (Exception, SystemExit) as error:
-        sys.modules.pop(module_name, None)
-        log.warning("model module %s failed to load: %s", path.name, error)
-        return RegistryEntry(name=path.stem, source=path, error=f"{type(error).__name__}: {error}")
-    model = getattr(module, "MODEL", None)
-    if not isinstance(model, ModelSpec):
-        return RegistryEntry(name=path.stem, source=path, error="the module declares no MODEL = ModelSpec(...)")
-    return RegistryEntry(name=model.name, source=path, spec=model)
-
-
-def _deduplicated(entry: RegistryEntry, earlier: Sequence[RegistryEntry]) -> RegistryEntry:
-    clash = next((other for other in earlier if other.spec is not None and other.name == entry.name), None)
-    if entry.spec is None or clash is None:
-        return entry
-    return RegistryEntry(name=entry.name, source=entry.source,
-                         error=f"model name {entry.name!r} is already declared by {clash.source.name}")
 
 
 def _check_text(value: Any, attribute: str, pattern: re.Pattern[str]) -> None:
@@ -245,7 +166,3 @@ def _as_text(value: Any) -> str:
 def _instance_count(series: Mapping[str, Any]) -> int:
     count = series.get("instances", 0)
     return len(count) if isinstance(count, (list, tuple)) else int(count or 0)
-
-
-def _code_json(code: Code) -> dict[str, str]:
-    return {"CodeValue": code.value, "CodingSchemeDesignator": code.scheme_designator, "CodeMeaning": code.meaning}

@@ -8,8 +8,8 @@ from io import BytesIO
 import pydicom
 from pydicom import Dataset
 
-from .orthanc_gateway import OrthancGateway
-from .study import orthanc_id_of_series
+from ..gateway.protocol import OrthancGateway, ResourceNotFound
+from ..gateway.study import orthanc_id_of_series
 from .timing import StageTimer
 
 
@@ -45,7 +45,7 @@ def fetch_series(gateway: OrthancGateway, series: InputSeries, timer: StageTimer
         series_id = orthanc_id_of_series(series.patient_id, series.study_instance_uid, series.series_instance_uid)
         try:
             instances = gateway.get_json(f"/series/{series_id}/instances")
-        except Exception as error:
+        except ResourceNotFound as error:
             raise InputMissing(f"input series {series.series_instance_uid} is not in Orthanc ({error})") from error
         wanted = set(series.sop_instance_uids)
         ids = [instance["ID"] for instance in instances

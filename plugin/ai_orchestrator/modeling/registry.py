@@ -1,0 +1,119 @@
+"""The model registry: each ``*.py`` in the models directory declares one model as ``MODEL = ModelSpec(...)``.
+
+Loading never raises: a module that fails to import or declares nonsense is kept as an entry with
+``status="error"`` so that ``GET /ai-orchestrator/models`` can show what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom.sr.coding import Code
+
+from .api import ModelSpec
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
+MODULE_PREFIX = "ai_orchestrator_models"
+
+log = logging.getLogger("ai_orchestrator")
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    source: Path
+    spec: ModelSpec | None = None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.spec is not None else "error"
+
+    def describe(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "name": self.name,
+            "version": spec.version if spec else None,
+            "description": spec.description if spec else "",
+            "algorithm": _code_json(spec.algorithm) if spec else None,
+            "inputs": spec.describe_inputs() if spec else None,
+            "outputs": sorted(spec.outputs) if spec else [],
+            "status": self.status,
+            "error": self.error,
+            "source": self.source.name,
+        }
+
+
+class Registry:
+    def __init__(self, entries: Sequence[RegistryEntry] = ()) -> None:
+        self.entries: tuple[RegistryEntry, ...] = tuple(entries)
+
+    @classmethod
+    def load(cls, models_dir: Path | str | None = None) -> Registry:
+        directory = Path(models_dir) if models_dir is not None else DEFAULT_MODELS_DIR
+        if not directory.is_dir():
+            log.warning("models directory %s does not exist: no models", directory)
+            return cls()
+        entries: list[RegistryEntry] = []
+        for path in sorted(directory.glob("*.py")):
+            if not path.name.startswith("_"):
+                entries.append(_deduplicated(_load_entry(path), entries))
+        return cls(entries)
+
+    @property
+    def models(self) -> list[ModelSpec]:
+        return [entry.spec for entry in self.entries if entry.spec is not None]
+
+    def get(self, name: str) -> ModelSpec | None:
+        return next((model for model in self.models if model.name == name), None)
+
+    def applicable(self, series_list: Sequence[Mapping[str, Any]]) -> list[tuple[ModelSpec, list[Mapping[str, Any]]]]:
+        """Each working model with the series it applies to; models with none are left out.
+
+        The caller hands in candidate input series only (the requester leaves our own results out)."""
+        pairs = []
+        for model in self.models:
+            matching = [series for series in series_list if model.matches(series)]
+            if matching:
+                pairs.append((model, matching))
+        return pairs
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [entry.describe() for entry in self.entries]
+
+
+def _load_entry(path: Path) -> RegistryEntry:
+    module_name = f"{MODULE_PREFIX}.{path.stem}"
+    try:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ImportError(f"cannot import {path.name}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module  # dataclasses and pickling look the module up here
+        module_spec.loader.exec_module(module)
+    except (Exception, SystemExit) as error:
+        sys.modules.pop(module_name, None)
+        log.warning("model module %s failed to load: %s", path.name, error)
+        return RegistryEntry(name=path.stem, source=path, error=f"{type(error).__name__}: {error}")
+    model = getattr(module, "MODEL", None)
+    if not isinstance(model, ModelSpec):
+        return RegistryEntry(name=path.stem, source=path, error="the module declares no MODEL = ModelSpec(...)")
+    return RegistryEntry(name=model.name, source=path, spec=model)
+
+
+def _deduplicated(entry: RegistryEntry, earlier: Sequence[RegistryEntry]) -> RegistryEntry:
+    clash = next((other for other in earlier if other.spec is not None and other.name == entry.name), None)
+    if entry.spec is None or clash is None:
+        return entry
+    return RegistryEntry(name=entry.name, source=entry.source,
+                         error=f"model name {entry.name!r} is already declared by {clash.source.name}")
+
+
+def _code_json(code: Code) -> dict[str, str]:
+    return {"CodeValue": code.value, "CodingSchemeDesignator": code.scheme_designator, "CodeMeaning": code.meaning}

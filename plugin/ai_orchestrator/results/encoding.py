@@ -1,0 +1,57 @@
+"""A model's result as the DICOM objects it declares (SEG, SR, SC), and those objects as Part 10 bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from io import BytesIO
+
+import pydicom
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from ..modeling.api import Measurement, ModelResult, ModelSpec, Segment
+from ..ups.constants import PRIVATE_SCHEME
+from .preview import write_sc
+from .seg import write_seg
+from .sr import write_sr
+
+
+def encode(result: ModelResult, sources: Sequence[Dataset], model: ModelSpec) -> list[Dataset]:
+    """The result objects the model declares and the result can fill, SEG first (the SR references it)."""
+    seg = write_seg(result, sources, model) if "SEG" in model.outputs and result.segments else None
+    objects = [seg] if seg is not None else []
+    if "SR" in model.outputs and result.measurements:
+        objects.append(write_sr(result, sources, model, seg=seg))
+    if "SC" in model.outputs and result.segments:
+        objects.append(write_sc(result, sources, model))
+    return objects
+
+
+def to_bytes(dataset: Dataset) -> bytes:
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def warm_up_encoders() -> list[Dataset]:
+    """Encode a tiny result once, at start-up, and throw it away.
+
+    highdicom loads its tables of the standard on first use (about 200,000 Python objects, half a second). Loaded
+    here, before the entry module freezes start-up objects out of the garbage collector, they neither slow the
+    first study down nor get rescanned by every full collection during later runs.
+    """
+    from ..phantom import make_chest_phantom  # synthetic images, only needed here
+
+    phantom = make_chest_phantom(slices=2, rows=32)
+    model = ModelSpec(name="warm-up", version="0", algorithm=Code("warm-up", PRIVATE_SCHEME, "Warm-up"),
+                      applies_to={"Modality": "CT"}, predict=lambda *_: ModelResult())
+    lung = phantom.labels > 0  # any mask will do
+    result = ModelResult(
+        segments=(Segment("Lung", lung, codes.SCT.AnatomicalStructure, codes.SCT.Lung),),
+        measurements=(Measurement(codes.SCT.Volume, 1.0, Code("ml", "UCUM", "milliliter"), "Lung"),),
+    )
+    objects = encode(result, phantom.datasets, model)
+    for dataset in objects:
+        to_bytes(dataset)
+    return objects

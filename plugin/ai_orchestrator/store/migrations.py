@@ -1,0 +1,63 @@
+"""The store's schema, as numbered migrations (SQLite ``user_version`` is the number applied)."""
+
+from __future__ import annotations
+
+# Each entry is one schema version (user_version = its position + 1). Never edit a released entry: append.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE workitems (
+            seq INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            dataset TEXT NOT NULL,
+            transaction_uid TEXT,
+            cancel_request TEXT,
+            state TEXT NOT NULL,
+            priority TEXT, priority_rank INTEGER NOT NULL DEFAULT 3,
+            label TEXT, worklist_label TEXT,
+            start_datetime TEXT, expected_completion TEXT, input_readiness TEXT,
+            patient_name TEXT, patient_id TEXT, patient_birth_date TEXT, patient_sex TEXT,
+            study_instance_uid TEXT, code_value TEXT, code_scheme TEXT,
+            created_at TEXT NOT NULL, modified_at TEXT NOT NULL)""",
+        "CREATE INDEX workitems_state ON workitems(state, seq)",
+        "CREATE INDEX workitems_claim ON workitems(state, priority_rank, start_datetime, seq)",
+        "CREATE INDEX workitems_state_modified ON workitems(state, modified_at)",
+        "CREATE INDEX workitems_priority ON workitems(priority)",
+        "CREATE INDEX workitems_label ON workitems(label)",
+        "CREATE INDEX workitems_worklist_label ON workitems(worklist_label)",
+        "CREATE INDEX workitems_start ON workitems(start_datetime)",
+        "CREATE INDEX workitems_expected ON workitems(expected_completion)",
+        "CREATE INDEX workitems_readiness ON workitems(input_readiness)",
+        "CREATE INDEX workitems_patient_name ON workitems(patient_name)",
+        "CREATE INDEX workitems_patient_id ON workitems(patient_id)",
+        "CREATE INDEX workitems_birth_date ON workitems(patient_birth_date)",
+        "CREATE INDEX workitems_patient_sex ON workitems(patient_sex)",
+        "CREATE INDEX workitems_study ON workitems(study_instance_uid)",
+        "CREATE INDEX workitems_code ON workitems(code_value, code_scheme)",
+        """CREATE TABLE workitem_accessions (
+            seq INTEGER NOT NULL REFERENCES workitems(seq) ON DELETE CASCADE,
+            accession_number TEXT NOT NULL)""",
+        "CREATE INDEX workitem_accessions_number ON workitem_accessions(accession_number)",
+        "CREATE INDEX workitem_accessions_seq ON workitem_accessions(seq)",
+        "CREATE TABLE tombstones (uid TEXT PRIMARY KEY, state TEXT NOT NULL, purged_at TEXT NOT NULL)",
+    ),
+    (
+        """CREATE TABLE intake_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            resource_id TEXT NOT NULL,
+            received_at TEXT NOT NULL)""",
+    ),
+    (
+        # Counts by state kept by triggers: /system and Search by state answer in O(1), whatever the store size.
+        "CREATE TABLE state_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+        "INSERT INTO state_counts SELECT state, COUNT(*) FROM workitems GROUP BY state",
+        """CREATE TRIGGER state_counts_insert AFTER INSERT ON workitems BEGIN
+            INSERT INTO state_counts VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1; END""",
+        """CREATE TRIGGER state_counts_delete AFTER DELETE ON workitems BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state; END""",
+        """CREATE TRIGGER state_counts_update AFTER UPDATE OF state ON workitems WHEN OLD.state <> NEW.state BEGIN
+            UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
+            INSERT INTO state_counts VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1; END""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
