@@ -6,6 +6,7 @@ Works on DICOM JSON dicts (not pydicom datasets) so bulk writes stay cheap.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
@@ -58,19 +59,39 @@ def path_values(dataset: dict, path: tuple[str, ...]) -> list[str]:
 
 
 def range_key(value: str, width: int, upper: bool = False, fraction: bool = True) -> str:
-    """A sortable text key for a DA/DT value or range bound (offset dropped, missing digits padded).
+    """A sortable text key for a DA/DT value or range bound, missing digits padded.
 
     Lower bounds and stored values pad with 0, upper bounds with 9, so that ``20240101`` as an upper bound
-    covers the whole day.
+    covers the whole day. A DT with a UTC offset is moved to UTC first (to the minute it names; a value without
+    offset is taken as UTC), so that values written in different time zones compare as instants.
     """
     text = value.strip()
+    offset = ""
     for sign in "+-":
         if sign in text[4:]:
-            text = text[: 4 + text[4:].index(sign)]
+            cut = 4 + text[4:].index(sign)
+            text, offset = text[:cut], text[cut:]
     digits, _, frac = text.partition(".")
+    if offset and fraction and len(digits) >= 12 and _is_offset(offset):
+        digits = _to_utc(digits, offset)
     pad = "9" if upper else "0"
     key = digits.ljust(width, pad)[:width]
     return f"{key}.{frac.ljust(6, pad)[:6]}" if fraction else key
+
+
+def _is_offset(offset: str) -> bool:
+    return len(offset) == 5 and offset[1:].isdigit() and int(offset[1:3]) <= 14 and int(offset[3:]) < 60
+
+
+def _to_utc(digits: str, offset: str) -> str:
+    """``YYYYMMDDHHMM[SS]`` at UTC ``offset`` (``+hhmm``/``-hhmm``) as the same digits in UTC."""
+    try:
+        local = datetime.strptime(digits[:12], "%Y%m%d%H%M")
+    except ValueError:
+        return digits  # not a calendar date: left as written, validation reports it elsewhere
+    shift = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+    utc = local - shift if offset[0] == "+" else local + shift
+    return utc.strftime("%Y%m%d%H%M") + digits[12:]
 
 
 def datetime_key(value: str, upper: bool = False) -> str:
