@@ -26,6 +26,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "plugin")]
 
 from ai_orchestrator.modeling.device import resolve_device
+from ai_orchestrator.modeling.imaging import model_inputs
 from ai_orchestrator.modeling.registry import Registry
 from ai_orchestrator.performer.timing import StageTimer
 from ai_orchestrator.phantom import make_chest_phantom  # noqa: E402
@@ -41,7 +42,7 @@ def bare_pipeline(paths: list[Path], model, device: torch.device) -> dict[str, f
         blobs = [path.read_bytes() for path in paths]
     with timer.stage("decode"):
         from io import BytesIO
-        volume = model.prepare([pydicom.dcmread(BytesIO(blob)) for blob in blobs])
+        volume = model_inputs(model, [pydicom.dcmread(BytesIO(blob)) for blob in blobs])
     with timer.stage("model"):
         result = model.predict(volume, device, {})
     with timer.stage("encode"):

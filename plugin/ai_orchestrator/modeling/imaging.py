@@ -6,11 +6,14 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+
+from .api import ModelSpec
 
 ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE = 0.05  # relative deviation of one slice gap from the median gap
@@ -83,6 +86,11 @@ def load_volume(datasets: Sequence[Dataset]) -> Volume:
         directions=directions,
         datasets=tuple(ordered),
     )
+
+
+def model_inputs(model: ModelSpec, datasets: Sequence[Dataset]) -> Any:
+    """What ``model.predict`` takes: the model's own ``prepare`` of the series, or the series as a :class:`Volume`."""
+    return (model.prepare or load_volume)(datasets)
 
 
 def _check_uniform(datasets: Sequence[Dataset], keyword: str) -> None:

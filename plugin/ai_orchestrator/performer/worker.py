@@ -23,7 +23,7 @@ from pydicom.uid import generate_uid
 from ..gateway.protocol import OrthancGateway
 from ..manager.service import WorkitemService
 from ..modeling.api import ModelResult, ModelSpec
-from ..modeling.imaging import InputError, load_volume
+from ..modeling.imaging import InputError, model_inputs
 from ..store.claims import Claim, ClaimLedger
 from ..ups.clock import utc_now
 from ..ups.constants import CANCELED, COMPLETED, IN_PROGRESS
@@ -187,7 +187,7 @@ class InferenceWorker:
             job.sources = fetch_series(self.gateway, series[0], job.timer)
             self.checkpoint(job)
             with job.timer.stage("decode"):
-                job.volume = (model.prepare or load_volume)(job.sources)
+                job.volume = model_inputs(model, job.sources)
                 job.sources = list(getattr(job.volume, "datasets", job.sources))  # in slice order when sorted
             return job
         except Exception as error:
