@@ -1,23 +1,12 @@
-"""Shared fixtures: a real Orthanc with the plugin loaded, started once per session on free ports."""
+"""For the whole suite: tests under integration/ are marked ``integration``.
+
+Fixtures live with the tests that share them: tests/integration/conftest.py (a real Orthanc) and
+tests/unit/conftest.py (the workitem store and service on a test clock).
+"""
 
 from __future__ import annotations
 
 import pytest
-
-from tests.orthanc_server import OrthancServer
-
-
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory) -> OrthancServer:
-    """One Orthanc for the integration tests (short StableAge); its data dir is a temp dir."""
-    with OrthancServer(tmp_path_factory.mktemp("orthanc-data"), stable_age=1) as server:
-        yield server
-
-
-@pytest.fixture
-def api(orthanc):
-    """An httpx client rooted at the plugin's REST API."""
-    return orthanc.client
 
 
 def pytest_collection_modifyitems(items):

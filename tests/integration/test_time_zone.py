@@ -6,7 +6,7 @@ both performed; each DT they carry must hold its UTC offset and fall between the
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydicom.uid import generate_uid
@@ -61,14 +61,14 @@ def test_automatic_and_manual_workitems_name_the_right_instant(auckland):
     patient = f"TZ{generate_uid()[-8:]}"
     phantom = make_chest_phantom(slices=20, rows=128, patient_id=patient)
 
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     study_id = upload_rest(client, phantom.datasets)
     automatic = _completed(client, patient, count=1)
     run = client.post(f"{ROOT}/studies/{study_id}/run", json={"model": "ct-chest-quant"})
     assert run.status_code == 201, run.text
     manual_uid = run.json()["workitem"]
     items = _completed(client, patient, count=len(automatic) + 1)
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
 
     manual = [item for item in items if value(item, "00080018") == manual_uid]
     assert manual and value(manual[0], "00741200") == "HIGH"
@@ -77,7 +77,7 @@ def test_automatic_and_manual_workitems_name_the_right_instant(auckland):
         for name, text in _date_times(item).items():
             moment = _instant(text, f"{uid} {name}")
             assert before - SLACK <= moment <= after + SLACK, (
-                f"{uid} {name} = {text} ({moment.astimezone(timezone.utc)} UTC) is not between "
+                f"{uid} {name} = {text} ({moment.astimezone(UTC)} UTC) is not between "
                 f"{before} and {after}: written in the wrong time zone?")
         times = {name: _instant(text, name) for name, text in _date_times(item).items()}
         assert times["ScheduledProcedureStepStartDateTime"] <= times["PerformedProcedureStepStartDateTime"] \

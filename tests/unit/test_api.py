@@ -6,8 +6,6 @@ import pytest
 
 from ai_orchestrator.http.messages import DICOM_JSON, Request
 from ai_orchestrator.http.workitems import WorkitemsApi
-from ai_orchestrator.manager.service import WorkitemService
-from ai_orchestrator.store.workitems import WorkitemStore
 from ai_orchestrator.ups.constants import Warnings
 from ai_orchestrator.ups.sample import completion_attributes, sample_workitem
 
@@ -16,9 +14,8 @@ TUID = "1.2.826.0.1.77"
 
 
 @pytest.fixture
-def api(tmp_path):
-    with WorkitemStore(tmp_path / "store.sqlite") as store:
-        yield WorkitemsApi(WorkitemService(store), service_name="test-svc")
+def api(service):
+    return WorkitemsApi(service, service_name="test-svc")
 
 
 def call(api, method, path, body=None, query=None, raw=None):

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from ai_orchestrator.modeling.imaging import load_volume
-from ai_orchestrator.modeling.registry import Registry
 from ai_orchestrator.phantom import (
     LABEL_AIR,
     LABEL_BONE,
@@ -16,11 +15,6 @@ from ai_orchestrator.phantom import (
 )
 
 DEVICE = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return Registry.load().get("ct-chest-quant")
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import pytest
 from pydicom import Dataset
 from pydicom.uid import UID
 
 from ai_orchestrator.gateway.protocol import ResourceNotFound
-from ai_orchestrator.gateway.study import (
-    SeriesSnapshot,
-    StudySnapshot,
-    orthanc_id_of_study,
-)
+from ai_orchestrator.gateway.study import SeriesSnapshot, StudySnapshot
 from ai_orchestrator.manager.scheduling import ItemFacts, replacement_of, workitem_uid
 from ai_orchestrator.requester.building import build_workitem
 from ai_orchestrator.requester.intake import (
@@ -41,7 +36,6 @@ from ai_orchestrator.requester.planning import (
     Replace,
     UpdateInputs,
     apply,
-    plan_study,
 )
 from ai_orchestrator.store.workitems import IntakeEvent
 from ai_orchestrator.ups.constants import (
@@ -53,40 +47,22 @@ from ai_orchestrator.ups.constants import (
 )
 from ai_orchestrator.ups.errors import UPSError
 from ai_orchestrator.ups.validation import validate_create
+from tests.unit.snapshots import BASE, CT_IMAGE, NOW, plan, series, study
 
-CT_IMAGE, SEG_STORAGE, BASIC_SR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.66.4", \
-    "1.2.840.10008.5.1.4.1.1.88.11"
-BASE = "http://localhost:8042/dicom-web"
-NOW = datetime(2024, 1, 5, 10, 0, 0, tzinfo=UTC)
-
-
-def series(uid: str, modality: str = "CT", body: str = "CHEST", manufacturer: str = "ACME",
-           sop_class: str = CT_IMAGE, count: int = 2) -> SeriesSnapshot:
-    return SeriesSnapshot(f"orthanc-{uid}", uid, {"Modality": modality, "BodyPartExamined": body,
-                                                   "Manufacturer": manufacturer, "SeriesInstanceUID": uid},
-                          sop_class, tuple(f"{uid}.{n}" for n in range(1, count + 1)))
-
-
-def study(*all_series: SeriesSnapshot, uid: str = "1.2.3") -> StudySnapshot:
-    return StudySnapshot(orthanc_id_of_study("P1", uid), uid, "DOE^JANE", "P1", "19700101", "F", "ACC42",
-                         tuple(all_series))
-
-
-def plan(snapshot: StudySnapshot, existing: list[dict]) -> list:
-    return plan_study(snapshot, RuleMatcher().match(snapshot), existing, dicomweb_base=BASE, now=NOW)
+SEG_STORAGE, BASIC_SR = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.11"
 
 
 class FakeService:
-    """The WorkitemService contract over a dict; checks creations with the real N-CREATE validation."""
+    """What intake asks of the WorkitemService, over a dict; checks creations with the real N-CREATE validation.
+
+    It keeps no time: where a lease or an age matters, tests use the real service on the conftest clock."""
 
     def __init__(self) -> None:
         self.items: dict[str, dict] = {}
-        self.modified: dict[str, datetime] = {}
         self.calls: list[tuple] = []
-        self.now = NOW  # the time of the next change
 
     def _store(self, uid: str, dataset: dict) -> None:
-        self.items[uid], self.modified[uid] = dataset, self.now
+        self.items[uid] = dataset
 
     def create(self, dataset: dict, uid: str | None = None):
         uid = uid or dataset["00080018"]["Value"][0]
@@ -130,16 +106,6 @@ class FakeService:
             return False
         self.set_state(uid, CANCELED, reason)
         return True
-
-    def find_stale(self, state: str, modified_before: datetime) -> list[str]:
-        return [uid for uid in self.items if self.state(uid) == state and self.modified[uid] < modified_before]
-
-    def purge_final(self, older_than: datetime) -> int:
-        doomed = [uid for uid in self.items if self.state(uid) in (COMPLETED, CANCELED)
-                  and self.modified[uid] < older_than]
-        for uid in doomed:
-            del self.items[uid]
-        return len(doomed)
 
 
 # Rules and matching -------------------------------------------------------------------------------------
@@ -591,63 +557,47 @@ def test_deleted_event_for_an_unknown_study_is_acknowledged():
     assert proc.process_pending() == 1 and store.events == []
 
 
-# Against the real WorkitemService ---------------------------------------------------------------------------
+# Against the real WorkitemService (the store and service fixtures of tests/unit/conftest.py) -------------------
 
-@pytest.fixture
-def real_store(tmp_path):
-    from ai_orchestrator.store.workitems import WorkitemStore
-
-    with WorkitemStore(tmp_path / "workitems.sqlite") as store:
-        yield store
-
-
-@pytest.fixture
-def real_service(real_store):
-    from ai_orchestrator.manager.service import WorkitemService
-
-    return WorkitemService(real_store)
-
-
-def test_real_service_creates_the_built_workitem_without_modification(real_service):
+def test_real_service_creates_the_built_workitem_without_modification(service):
     [action] = plan(study(series("1.1"), series("1.2")), [])
-    outcome = real_service.create(action.dataset, action.uid)
+    outcome = service.create(action.dataset, action.uid)
     assert (outcome.uid, outcome.warnings) == (action.uid, [])
-    stored = ItemFacts.from_json(real_service.retrieve(action.uid))
+    stored = ItemFacts.from_json(service.retrieve(action.uid))
     assert (stored.state, stored.code, set(stored.inputs)) == (SCHEDULED, ("chest-ct", "99ORTHANCAI"), {"1.1", "1.2"})
 
 
-def test_real_service_duplicate_create_is_a_success(real_service):
+def test_real_service_duplicate_create_is_a_success(service):
     actions = plan(study(series("1.1")), [])
-    assert apply(actions, real_service) == [actions[0].uid]
-    assert apply(actions, real_service) == []
-    assert len(real_service.find(study_instance_uid="1.2.3")) == 1
+    assert apply(actions, service) == [actions[0].uid]
+    assert apply(actions, service) == []
+    assert len(service.find(study_instance_uid="1.2.3")) == 1
 
 
-def test_real_service_lifecycle_through_the_event_queue(real_store, real_service):
-    store = real_store
+def test_real_service_lifecycle_through_the_event_queue(store, service):
     first = study(series("1.1"))
     gateway = FakeGateway(first)
-    proc = IntakeProcessor(store, real_service, gateway, RuleMatcher(), IntakeSettings(BASE), now=lambda: NOW)
+    proc = IntakeProcessor(store, service, gateway, RuleMatcher(), IntakeSettings(BASE), now=lambda: NOW)
     store.enqueue_event("stable_study", first.orthanc_id)
     store.enqueue_event("stable_study", first.orthanc_id)
     assert proc.process_pending() == 2 and store.pending_events() == []
-    [uid] = [ItemFacts.from_json(i).uid for i in real_service.find(study_instance_uid="1.2.3")]
+    [uid] = [ItemFacts.from_json(i).uid for i in service.find(study_instance_uid="1.2.3")]
 
     grown = study(series("1.1"), series("1.2"))  # a late series while SCHEDULED: same item, more inputs
     gateway.studies[grown.orthanc_id] = grown
     store.enqueue_event("stable_study", grown.orthanc_id)
     assert proc.process_pending() == 1
-    assert set(ItemFacts.from_json(real_service.retrieve(uid)).inputs) == {"1.1", "1.2"}
+    assert set(ItemFacts.from_json(service.retrieve(uid)).inputs) == {"1.1", "1.2"}
 
     store.enqueue_event("deleted_study", grown.orthanc_id)  # deleted: canceled, reason recorded
     del gateway.studies[grown.orthanc_id]
     assert proc.process_pending() == 1
-    assert ItemFacts.from_json(real_service.retrieve(uid)).withdrawn
+    assert ItemFacts.from_json(service.retrieve(uid)).withdrawn
 
     gateway.studies[grown.orthanc_id] = grown  # re-sent: the work is scheduled again
     store.enqueue_event("stable_study", grown.orthanc_id)
     assert proc.process_pending() == 1
-    [again] = [f for f in map(ItemFacts.from_json, real_service.find(study_instance_uid="1.2.3")) if f.uid != uid]
+    [again] = [f for f in map(ItemFacts.from_json, service.find(study_instance_uid="1.2.3")) if f.uid != uid]
     assert (again.state, again.replaces) == (SCHEDULED, (uid,))
 
 

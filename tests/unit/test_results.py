@@ -1,5 +1,3 @@
-import time
-
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -14,19 +12,9 @@ from ai_orchestrator.results.preview import write_sc
 from ai_orchestrator.results.provenance import MANUFACTURER, is_own_result
 from ai_orchestrator.results.seg import write_seg
 from ai_orchestrator.results.sr import write_sr
-from tests.dicom_checks import (
-    content_items,
-    dciodvfy_errors,
-    dciodvfy_path,
-    numeric_items,
-)
+from tests.dicom_checks import content_items, dciodvfy_errors, numeric_items
 
 DEVICE = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return Registry.load().get("ct-chest-quant")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +33,6 @@ def written(model, tmp_path_factory):
     return {"phantom": phantom, "volume": volume, "result": result, "paths": paths}
 
 
-@pytest.mark.skipif(dciodvfy_path() is None, reason="dciodvfy (dicom3tools) is not installed")
 @pytest.mark.parametrize("kind", ["CT", "SEG", "SR", "SC"])
 def test_dciodvfy_finds_no_errors(written, kind):
     assert dciodvfy_errors(written["paths"][kind]) == []
@@ -113,21 +100,19 @@ def test_writers_refuse_results_without_content(written, model):
         write_sr(empty, written["volume"].datasets, model)
 
 
-def test_full_size_pipeline_is_fast_and_true(model):
-    """100 slices of 512 x 512: model and encoders within loose CPU bounds, numbers within 5 % of the truth."""
+def test_full_size_pipeline_is_true(model):
+    """100 slices of 512 x 512: every encoder takes the result, numbers within 5 % of the truth.
+
+    How long this takes is measured by bench/inference.py, not asserted here."""
     phantom = make_chest_phantom(None, slices=100, rows=512, seed=0)
     volume = load_volume(phantom.datasets)
-    started = time.perf_counter()
     result = model.predict(volume, DEVICE, {})
-    predicted = time.perf_counter()
     seg = write_seg(result, volume.datasets, model)
     write_sr(result, volume.datasets, model, seg)
     write_sc(result, volume.datasets, model)
-    encoded = time.perf_counter()
     measured = {m.name.meaning: m.value for m in result.measurements}
     assert measured["Volume"] == pytest.approx(phantom.truth.lung_volume_ml, rel=0.05)
     assert measured["Lung volume below -950 HU (percent)"] == pytest.approx(phantom.truth.laa950_percent, rel=0.05)
-    assert predicted - started < 5.0 and encoded - predicted < 10.0
 
 
 def test_single_segment_result_sr_references_its_seg(tmp_path):
@@ -144,5 +129,4 @@ def test_single_segment_result_sr_references_its_seg(tmp_path):
                for ref in images)
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
-    if dciodvfy_path():
-        assert dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path) == []

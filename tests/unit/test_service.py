@@ -1,7 +1,7 @@
 """WorkitemService: the UPS transactions and the performer/intake operations on a real store."""
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -21,32 +21,12 @@ from ai_orchestrator.ups.notifications import EventType
 from ai_orchestrator.ups.sample import completion_attributes, sample_workitem
 
 T1, T2 = "1.2.826.0.1.1", "1.2.826.0.1.2"
-START = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self):
-        self.now = START
-
-    def __call__(self):
-        self.now += timedelta(seconds=1)
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path):
-    with WorkitemStore(tmp_path / "store.sqlite") as store:
-        yield store
-
-
-@pytest.fixture
-def service(store, clock):
-    return WorkitemService(store, clock=clock)
+@pytest.fixture(autouse=True)
+def ticking(clock):
+    """Each reading of the service's clock (conftest: from 2024-05-01 12:00 UTC) is a second after the last."""
+    clock.tick = timedelta(seconds=1)
 
 
 @pytest.fixture

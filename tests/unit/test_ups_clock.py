@@ -7,8 +7,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pydicom.valuerep import DT
 
-from ai_orchestrator.manager.service import WorkitemService
-from ai_orchestrator.store.workitems import WorkitemStore
 from ai_orchestrator.ups.clock import format_dt, utc_now
 from ai_orchestrator.ups.index import datetime_key
 from ai_orchestrator.ups.sample import sample_workitem
@@ -42,8 +40,7 @@ def test_upper_bound_without_offset_still_covers_its_whole_day():
     assert datetime_key("20240101", upper=True) == "20240101999999.999999"
 
 
-def test_a_workitem_scheduled_in_another_zone_is_found_by_its_utc_instant(tmp_path):
-    service = WorkitemService(WorkitemStore(tmp_path / "store.sqlite"))
+def test_a_workitem_scheduled_in_another_zone_is_found_by_its_utc_instant(service):
     uid = service.create(sample_workitem(start="20240102030000+1300")).uid  # 2024-01-01 14:00 UTC
     service.create(sample_workitem(start="20240102030000+0000"))
     found = service.search({"ScheduledProcedureStepStartDateTime": "20240101130000-20240101150000"}).items
