@@ -12,6 +12,7 @@ import logging
 import platform
 import re
 from collections.abc import Callable
+from urllib.parse import quote, urlsplit
 
 import torch
 
@@ -20,9 +21,11 @@ from .background import PeriodicTask
 from .config import Settings
 from .gateway.protocol import OrthancGateway
 from .http.messages import Request, Response
+from .http.own_port import Access, OwnPortServer
 from .http.workitems import WorkitemsApi
 from .manager.housekeeping import HousekeepingSettings, run_housekeeping
 from .manager.service import WorkitemService
+from .manager.subscriptions import SubscriptionService
 from .modeling.device import resolve_device
 from .modeling.registry import Registry
 from .performer.publishing import Forwarding, ResultPublisher
@@ -37,8 +40,10 @@ from .requester.manual_run import ManualRunError, schedule_run
 from .requester.matching import default_matcher
 from .results.encoding import warm_up_encoders
 from .store.claims import ClaimLedger
+from .store.subscriptions import SubscriptionStore
 from .store.workitems import WorkitemStore
 from .ups.clock import utc_now
+from .ups.events import GOING_DOWN, RESTARTED
 
 log = logging.getLogger("ai_orchestrator")
 INTAKE_POLL_S = 1.0
@@ -56,7 +61,14 @@ class Orchestrator:
         self.device = resolve_device(settings.device)
         self.store = WorkitemStore(settings.store_path)
         self.service = WorkitemService(self.store)
-        self.workitems = WorkitemsApi(self.service)
+        reports = SubscriptionStore(self.store)
+        self.subscriptions = SubscriptionService(reports, self.service)
+        self.workitems = WorkitemsApi(self.service, self.subscriptions, self._channel_url)
+        self.own_port = OwnPortServer(self.workitems.handle, reports, settings.events_port,
+                                      Access(settings.remote_access, settings.authentication,
+                                             settings.registered_users))
+        self.own_port_error: str | None = None
+        self.subscriptions.add_waker(self.own_port.wake)
         self.registry = Registry.load(settings.models_dir)
         self.intake = IntakeProcessor(self.store, self.service, gateway,
                                       default_matcher(settings.rules, self.registry),
@@ -107,6 +119,7 @@ class Orchestrator:
             "ModelsDirectory": str(self.settings.models_dir),
             "Workitems": self.service.counts_by_state(),
             "RecentRuns": self.worker.completed_runs[-10:] if self.worker else [],
+            "OrchestratorPort": {"Port": self.settings.events_port, "Error": self.own_port_error},
         })
 
     def _models(self, request: Request) -> Response:
@@ -152,17 +165,32 @@ class Orchestrator:
         if report.replacements and self.worker:
             self.worker.wake()
 
+    def _channel_url(self, request: Request, ae_title: str) -> str:
+        """The event channel's URL for a subscriber, on the host the client reached us by."""
+        host = urlsplit("//" + request.headers.get("host", "localhost")).hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host
+        return f"ws://{host}:{self.settings.events_port}/ws/subscribers/{quote(ae_title, safe='')}"
+
     # Lifecycle
     def start_background(self) -> None:
+        try:
+            self.own_port.start()
+        except RuntimeError as error:  # the rest of the plugin serves on without it; /system says why
+            self.own_port_error = str(error)
+            log.error("%s", error)
+        self.subscriptions.announce(RESTARTED)
         for task in self._tasks:
             task.start()
         if self.worker:
             self.worker.start()
 
     def stop(self) -> None:
+        self.subscriptions.announce(GOING_DOWN)
+        self.own_port.drain(timeout=1.0)
         ended = [task.stop() for task in self._tasks]
         if self.worker:
             ended.append(self.worker.stop())
+        ended.append(self.own_port.stop())
         if all(ended):
             self.ledger.close()
             self.store.close()

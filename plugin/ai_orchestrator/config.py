@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ class Settings:
     rules: tuple[Mapping[str, Any], ...] = ()
     forward_to: str | None = None  # Orthanc modality name results are C-STOREd to
     delete_study_after_forward: bool = False
+    remote_access: bool = False  # Orthanc's RemoteAccessAllowed: the orchestrator's port follows it
+    authentication: bool = False  # Orthanc's AuthenticationEnabled (on by default with remote access)
+    registered_users: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def store_path(self) -> Path:
@@ -66,7 +69,21 @@ class Settings:
             rules=tuple(rules),
             forward_to=section.get("ForwardTo") or None,
             delete_study_after_forward=bool(section.get("DeleteStudyAfterForward", False)),
+            remote_access=bool(orthanc_config.get("RemoteAccessAllowed", False)),
+            authentication=_authentication(orthanc_config),
+            registered_users=_users(orthanc_config),
         )
+
+
+def _authentication(orthanc_config: Mapping[str, Any]) -> bool:
+    return bool(orthanc_config.get("AuthenticationEnabled", orthanc_config.get("RemoteAccessAllowed", False)))
+
+
+def _users(orthanc_config: Mapping[str, Any]) -> dict[str, str]:
+    users = orthanc_config.get("RegisteredUsers", {})
+    if not isinstance(users, dict) or not all(isinstance(v, str) for v in users.values()):
+        raise ConfigError('"RegisteredUsers" must map user names to passwords')
+    return {str(name): password for name, password in users.items()}
 
 
 def _int(section: Mapping[str, Any], name: str, default: int, minimum: int = 0) -> int:

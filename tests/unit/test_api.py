@@ -185,7 +185,7 @@ def test_unknown_paths_are_404(api, path):
     assert call(api, "GET", path).status == 404
 
 
-def test_subscriptions_are_501(api):
+def test_subscriptions_answer_501_where_no_subscription_service_is_wired(api):
     response = call(api, "POST", "/workitems/1.2.840.10008.5.1.4.34.5/subscribers/MYAE")
     assert response.status == 501 and "subscri" in body_of(response)["error"]
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from urllib.parse import unquote
 
 from pydicom.uid import UID
 
 from ..manager.service import Outcome, WorkitemService
+from ..manager.subscriptions import SubscribeRequest, SubscriptionService
 from ..ups.constants import Status
 from ..ups.dicom_json import parse_payload, text_value
 from ..ups.errors import UPSError, bad_request
@@ -26,9 +28,17 @@ _UID_QUERY_NAMES = ("workitem", "affectedsopinstanceuid")
 Handler = Callable[[Request, list[str]], Response]
 
 
+ChannelUrl = Callable[[Request, str], str]  # (request, AE title) -> the event channel's ws:// URL
+
+
 class WorkitemsApi:
-    def __init__(self, service: WorkitemService, service_name: str = "ai-orchestrator") -> None:
+    """The UPS-RS API behind both front doors (Orthanc's routes and the orchestrator's own port)."""
+
+    def __init__(self, service: WorkitemService, subscriptions: SubscriptionService | None = None,
+                 channel_url: ChannelUrl | None = None, service_name: str = "ai-orchestrator") -> None:
         self._service = service
+        self._subscriptions = subscriptions
+        self._channel_url = channel_url
         self._service_name = service_name
         # (path shape) -> {method: handler}; shape: segment count after "workitems" and the last literal
         self._routes: dict[tuple[int, str | None], dict[str, Handler]] = {
@@ -36,6 +46,8 @@ class WorkitemsApi:
             (1, None): {"GET": self._retrieve, "POST": self._update, "PUT": self._update},
             (2, "state"): {"PUT": self._change_state},
             (2, "cancelrequest"): {"POST": self._request_cancel},
+            (3, "subscribers"): {"POST": self._subscribe, "DELETE": self._unsubscribe},
+            (4, "suspend"): {"POST": self._suspend},
         }
 
     def handle(self, request: Request) -> Response:
@@ -52,10 +64,8 @@ class WorkitemsApi:
         segments = [s for s in request.path.split("/") if s]
         if not segments or segments[0] != "workitems":
             return self._error(404, f"No such resource: {request.path}")
-        args = segments[1:]
-        if len(args) >= 2 and args[1] == "subscribers":
-            return self._error(501, "UPS-RS subscriptions (/subscribers) are not implemented yet")
-        methods = self._routes.get((len(args), args[1] if len(args) == 2 else None))
+        args = [unquote(segment) for segment in segments[1:]]
+        methods = self._routes.get(_shape(args))
         if methods is None:
             return self._error(404, f"No such resource: {request.path}")
         handler = methods.get(request.method.upper())
@@ -95,6 +105,29 @@ class WorkitemsApi:
         result = self._service.search(request.query)
         return self._with_warnings(Response.json(result.items, content_type=DICOM_JSON), result.warnings)
 
+    def _subscribe(self, request: Request, args: list[str]) -> Response:
+        subscriptions, ae_title = self._require_subscriptions(), args[2]
+        lock = _query_value(request.query, ("deletionlock",)) or "false"
+        if lock.lower() not in ("true", "false"):
+            raise bad_request(f"deletionlock must be true or false, not {lock!r}")
+        match_keys = {key: value for key, value in request.query.items() if key.lower() != "deletionlock"}
+        subscriptions.subscribe(SubscribeRequest(args[0], ae_title, lock.lower() == "true", match_keys or None))
+        location = self._channel_url(request, ae_title) if self._channel_url else ""
+        return Response(201, {"Content-Location": location} if location else {})
+
+    def _unsubscribe(self, request: Request, args: list[str]) -> Response:
+        self._require_subscriptions().unsubscribe(args[0], args[2])
+        return Response(200)
+
+    def _suspend(self, request: Request, args: list[str]) -> Response:
+        self._require_subscriptions().suspend(args[0], args[2])
+        return Response(200)
+
+    def _require_subscriptions(self) -> SubscriptionService:
+        if self._subscriptions is None:
+            raise UPSError(501, Status.PROCESSING_FAILURE, "Subscriptions are not served by this instance")
+        return self._subscriptions
+
     # -- responses -----------------------------------------------------------------------------------
     def _ok(self, status: int, outcome: Outcome) -> Response:
         return self._with_warnings(Response(status), outcome.warnings)
@@ -108,6 +141,12 @@ class WorkitemsApi:
             text = ", ".join(f"299 {self._service_name}: {w}" for w in warnings)
             response.headers["Warning"] = " ".join(text.encode("ascii", "replace").decode().split())
         return response
+
+
+def _shape(args: list[str]) -> tuple[int, str | None]:
+    """A route's shape: how many segments follow "workitems", and the literal that names the transaction."""
+    literal = {2: 1, 3: 1, 4: 3}.get(len(args))
+    return len(args), args[literal] if literal is not None else None
 
 
 def _query_value(query: Mapping[str, str], names: tuple[str, ...]) -> str | None:

@@ -42,6 +42,7 @@ from ..ups.notifications import EventType, Listener, Listeners, WorkitemEvent
 from ..ups.validation import check_final_requirements, validate_create, validate_update
 
 DatasetLike = Mapping | Dataset
+_ASSIGNMENT = ("ScheduledStationNameCodeSequence", "ScheduledHumanPerformersSequence")  # UPS Assigned (CC.2.4)
 
 
 def _iso(moment: datetime) -> str:
@@ -157,9 +158,14 @@ class WorkitemService:
     def _merge(uid: str, ds: Dataset, changes: Dataset) -> _Change:
         validate_update(changes, uid)
         readiness = text_value(ds, "InputReadinessState")
+        assignment = [ds.get(keyword) for keyword in _ASSIGNMENT]
         merge(ds, changes)
-        readiness_changed = text_value(ds, "InputReadinessState") != readiness
-        return _Change(dataset_changed=True, events=(EventType.STATE_CHANGED,) if readiness_changed else ())
+        events = []
+        if text_value(ds, "InputReadinessState") != readiness:
+            events.append(EventType.STATE_CHANGED)
+        if [ds.get(keyword) for keyword in _ASSIGNMENT] != assignment:
+            events.append(EventType.ASSIGNED)
+        return _Change(dataset_changed=True, events=tuple(events))
 
     def change_state(self, uid: str, state: str, transaction_uid: str | None,
                      dataset: DatasetLike | None = None) -> Outcome:
@@ -202,6 +208,10 @@ class WorkitemService:
             return _Change(row_changed=True, events=(EventType.CANCEL_REQUESTED,), details=row.cancel_request)
 
         return Outcome(uid, self._run(uid, decide).warnings)
+
+    def matches(self, query: Mapping[str, str], uid: str) -> bool:
+        """Whether the workitem meets a search's match keys (a filtered subscription's filter)."""
+        return bool(self._store.uids(ups_search.parse(query).where & criteria.equals("uid", uid)))
 
     def search(self, query: Mapping[str, str]) -> SearchResult:
         parsed = ups_search.parse(query)
@@ -297,7 +307,8 @@ class WorkitemService:
 
     def purge_final(self, older_than: datetime) -> int:
         """Delete COMPLETED/CANCELED workitems last changed before ``older_than``; tombstones answer 410."""
-        where = criteria.one_of("state", sorted(FINAL_STATES)) & criteria.before("modified_at", _iso(older_than))
+        where = (criteria.one_of("state", sorted(FINAL_STATES)) & criteria.before("modified_at", _iso(older_than))
+                 & criteria.NotDeletionLocked())
         with self._store.transaction() as tx:
             return tx.purge(tx.uids(where), _iso(self._clock()))
 

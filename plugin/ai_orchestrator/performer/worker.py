@@ -28,6 +28,7 @@ from ..store.claims import Claim, ClaimLedger
 from ..ups.clock import utc_now
 from ..ups.constants import CANCELED, COMPLETED, IN_PROGRESS
 from ..ups.errors import UPSError
+from ..ups.notifications import EventType, WorkitemEvent
 from .inputs import fetch_series, input_series
 from .performed import (
     CANCEL_REQUESTED_REASON,
@@ -94,6 +95,13 @@ class InferenceWorker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.completed_runs: list[dict] = []  # stage timings of the last runs, newest last (bounded)
+        self._cancel_requested: set[str] = set()  # told by the service's Cancel Requested events
+        service.add_listener(self._on_event)
+
+    def _on_event(self, event: WorkitemEvent) -> None:
+        if event.type is EventType.CANCEL_REQUESTED:
+            self._cancel_requested.add(event.uid)
+            self._wake.set()
 
     # lifecycle
     def start(self) -> None:
@@ -220,6 +228,7 @@ class InferenceWorker:
         self.service.change_state(job.claim.uid, COMPLETED, job.claim.transaction_uid,
                                   completed_attributes(job.started, utc_now(), algorithm, outputs))
         self.ledger.release(job.claim.uid)
+        self._cancel_requested.discard(job.claim.uid)
         self.completed_runs = (self.completed_runs + [{"uid": job.claim.uid, **job.timer.as_dict()}])[-50:]
         log.info("completed %s (%s) in %s", job.claim.uid, job.model.name, job.timer.as_dict())
 
@@ -232,8 +241,9 @@ class InferenceWorker:
             log.warning("progress of %s not recorded: %s", job.claim.uid, error)
 
     def checkpoint(self, job: Job) -> None:
-        with job.timer.stage("bookkeeping"):
-            cancel_requested = self.service.is_cancel_requested(job.claim.uid)
+        uid = job.claim.uid
+        with job.timer.stage("bookkeeping"):  # the event, or a request from before a restart
+            cancel_requested = uid in self._cancel_requested or self.service.is_cancel_requested(uid)
         if cancel_requested:
             raise CancelRequested("canceled on request while running")
 
@@ -258,3 +268,4 @@ class InferenceWorker:
         except UPSError as error:
             log.error("could not cancel %s: %s", claim.uid, error)
         self.ledger.release(claim.uid)
+        self._cancel_requested.discard(claim.uid)

@@ -59,5 +59,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UPDATE state_counts SET n = n - 1 WHERE state = OLD.state;
             INSERT INTO state_counts VALUES (NEW.state, 1) ON CONFLICT(state) DO UPDATE SET n = n + 1; END""",
     ),
+    (
+        # Subscriptions (PS3.4 CC.2.3): scope is a workitem UID or a worklist UID (global, filtered).
+        """CREATE TABLE subscriptions (
+            ae_title TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            deletion_lock INTEGER NOT NULL DEFAULT 0,
+            filter TEXT,
+            suspended INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (ae_title, scope))""",
+        "CREATE INDEX subscriptions_scope ON subscriptions(scope)",
+        # Event reports not yet delivered, per subscriber, in order (bounded per subscriber by the code).
+        """CREATE TABLE subscriber_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ae_title TEXT NOT NULL,
+            uid TEXT NOT NULL,
+            report TEXT NOT NULL,
+            final INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL)""",
+        "CREATE INDEX subscriber_events_ae ON subscriber_events(ae_title, id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -18,6 +18,7 @@ from ..ups.criteria import (
     Condition,
     Equals,
     Glob,
+    NotDeletionLocked,
     OneOf,
 )
 
@@ -95,3 +96,8 @@ def _(condition: CodeIn) -> Where:
         return Where("0")
     marks = ",".join("(?,?)" for _ in condition.codes)
     return Where(f"(code_value, code_scheme) IN (VALUES {marks})", tuple(v for pair in condition.codes for v in pair))
+
+
+@where.register
+def _(condition: NotDeletionLocked) -> Where:
+    return Where("uid NOT IN (SELECT scope FROM subscriptions WHERE deletion_lock = 1)")

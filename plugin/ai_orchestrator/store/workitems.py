@@ -187,6 +187,16 @@ class WorkitemStore:
         self.close()
 
     @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection inside a write transaction (``BEGIN IMMEDIATE``), for the store's own modules."""
+        with self._begin("BEGIN IMMEDIATE") as conn:
+            yield conn
+
+    def reading(self) -> sqlite3.Connection:
+        """This thread's connection, for reads outside a transaction (the store's own modules)."""
+        return self._connection()
+
+    @contextmanager
     def transaction(self) -> Iterator[StoreTransaction]:
         """A write transaction (``BEGIN IMMEDIATE``): committed on success, rolled back on any exception."""
         with self._begin("BEGIN IMMEDIATE") as conn:

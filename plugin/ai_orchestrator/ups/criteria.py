@@ -87,6 +87,11 @@ class CodeIn(Condition):
     codes: tuple[tuple[str, str], ...]
 
 
+@dataclass(frozen=True)
+class NotDeletionLocked(Condition):
+    """No subscriber holds a deletion lock on the workitem (PS3.4 CC.2.3: it waits for its final-state report)."""
+
+
 MATCH_ALL = AllOf()
 
 

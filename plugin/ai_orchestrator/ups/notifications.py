@@ -16,6 +16,7 @@ class EventType(StrEnum):
     STATE_CHANGED = "state_changed"      # also sent when Input Readiness State changes (a State Report)
     PROGRESS = "progress"
     CANCEL_REQUESTED = "cancel_requested"
+    ASSIGNED = "assigned"                # Scheduled Station Name or Human Performers changed (UPS Assigned)
 
 
 @dataclass(frozen=True)
