@@ -125,7 +125,7 @@ class WorkitemsApi:
 
     def _require_subscriptions(self) -> SubscriptionService:
         if self._subscriptions is None:
-            raise UPSError(501, Status.PROCESSING_FAILURE, "Subscriptions are not served by this instance")
+            raise UPSError(501, Status.PROCESSING_FAILURE, "subscriptions are not served by this instance")
         return self._subscriptions
 
     # -- responses -----------------------------------------------------------------------------------
