@@ -33,6 +33,7 @@ class OrthancServer:
         self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()
         self.stable_age = stable_age
+        self.events_port = free_port()  # the orchestrator's own port; kept across restarts
         self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.base_url, timeout=60, limits=ORTHANC_CONNECTION_LIMITS)
@@ -40,6 +41,11 @@ class OrthancServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def own_port_url(self) -> str:
+        """The UPS-RS base URL of the orchestrator's own port."""
+        return f"http://127.0.0.1:{self.events_port}"
 
     @property
     def log_path(self) -> Path:
@@ -55,7 +61,7 @@ class OrthancServer:
                "ORTHANC_HTTP_PORT": str(self.http_port),
                "ORTHANC_DICOM_PORT": str(self.dicom_port),
                "ORTHANC_STABLE_AGE": str(self.stable_age),
-               "AI_ORCHESTRATOR_WS_PORT": str(free_port()),
+               "AI_ORCHESTRATOR_WS_PORT": str(self.events_port),
                **self.extra_env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([str(LAUNCHER)], env=env, stdout=log, stderr=subprocess.STDOUT,
