@@ -12,11 +12,13 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import ExplicitVRLittleEndian
 
 from .api import ModelSpec
+from .geometry import GeometryError, stack_geometry, tilt_degrees
 
-ORIENTATION_TOLERANCE = 1e-3
-SPACING_TOLERANCE = 0.05  # relative deviation of one slice gap from the median gap
+PIXEL_SPACING_TOLERANCE = 1e-3  # relative: slices of one series share one PixelSpacing
 
 
 class InputError(ValueError):
@@ -32,6 +34,9 @@ class Volume:
     origin: np.ndarray  # ImagePositionPatient of the first slice, mm
     directions: np.ndarray  # 3x3, rows: direction of increasing col, increasing row, increasing slice
     datasets: tuple[Dataset, ...]  # the source instances, in slice order
+    # mm from one slice's ImagePositionPatient to the next's when it is not the normal x the gap: a gantry tilt
+    # (modeling.geometry); the voxels are then sheared, and still have the volume of spacing's product
+    slice_step: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -43,11 +48,16 @@ class Volume:
         return float(np.prod(self.spacing)) / 1000.0
 
     @property
+    def tilt_degrees(self) -> float:
+        """Gantry tilt: the angle between the step from slice to slice and the slice normal (0: not tilted)."""
+        return 0.0 if self.slice_step is None else tilt_degrees(self.slice_step, self.directions[2])
+
+    @property
     def affine(self) -> np.ndarray:
         """4x4 matrix mapping (slice, row, col, 1) indices to patient coordinates (mm, LPS)."""
         z, y, x = self.spacing
         affine = np.eye(4)
-        affine[:3, 0] = self.directions[2] * z
+        affine[:3, 0] = self.directions[2] * z if self.slice_step is None else self.slice_step
         affine[:3, 1] = self.directions[1] * y
         affine[:3, 2] = self.directions[0] * x
         affine[:3, 3] = self.origin
@@ -72,19 +82,22 @@ def load_volume(datasets: Sequence[Dataset]) -> Volume:
         raise InputError("the series has no instances")
     _check_uniform(datasets, "Rows")
     _check_uniform(datasets, "Columns")
-    directions = _directions(datasets)
-    positions = _positions(datasets)
-    order = np.argsort(positions @ directions[2], kind="stable")
-    ordered = [datasets[i] for i in order]
-    offsets = positions[order] @ directions[2]
-    spacing_z = _slice_gap(offsets, ordered[0])
-    row_mm, col_mm = _pixel_spacing(ordered[0])
+    _check_one_frame_of_reference(datasets)
+    row_mm, col_mm = _pixel_spacing(datasets)
+    try:
+        stack = stack_geometry(np.stack([_float_vector(ds, "ImageOrientationPatient", 6) for ds in datasets]),
+                               np.stack([_float_vector(ds, "ImagePositionPatient", 3) for ds in datasets]),
+                               pixel_mm=min(row_mm, col_mm), single_gap=_single_slice_gap(datasets[0]))
+    except GeometryError as error:
+        raise InputError(str(error)) from error
+    ordered = [datasets[i] for i in stack.order]
     return Volume(
         hu=_rescaled_pixels(ordered),
-        spacing=(spacing_z, row_mm, col_mm),
-        origin=positions[order[0]],
-        directions=directions,
+        spacing=(stack.slice_gap, row_mm, col_mm),
+        origin=stack.origin,
+        directions=stack.directions,
         datasets=tuple(ordered),
+        slice_step=stack.slice_step,
     )
 
 
@@ -112,38 +125,35 @@ def _float_vector(ds: Dataset, keyword: str, length: int) -> np.ndarray:
     return vector
 
 
-def _directions(datasets: Sequence[Dataset]) -> np.ndarray:
-    orientations = np.stack([_float_vector(ds, "ImageOrientationPatient", 6) for ds in datasets])
-    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
-        raise InputError("the instances do not share one ImageOrientationPatient (not a single stack)")
-    row_dir, col_dir = orientations[0, :3], orientations[0, 3:]
-    normal = np.cross(row_dir, col_dir)
-    if abs(np.linalg.norm(normal) - 1.0) > 0.01:
-        raise InputError("ImageOrientationPatient does not hold two orthogonal unit vectors")
-    return np.stack([row_dir, col_dir, normal])
+def _check_one_frame_of_reference(datasets: Sequence[Dataset]) -> None:
+    frames = {str(ds.FrameOfReferenceUID) for ds in datasets if ds.get("FrameOfReferenceUID")}
+    if len(frames) > 1:
+        raise InputError(f"the instances are in {len(frames)} frames of reference (FrameOfReferenceUID): their "
+                         f"positions cannot be compared, so they are not one stack")
 
 
-def _positions(datasets: Sequence[Dataset]) -> np.ndarray:
-    return np.stack([_float_vector(ds, "ImagePositionPatient", 3) for ds in datasets])
-
-
-def _slice_gap(offsets: np.ndarray, first: Dataset) -> float:
-    if offsets.size == 1:
-        return float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
-    gaps = np.diff(offsets)
-    median = float(np.median(gaps))
-    if np.min(gaps) < 1e-3:
-        raise InputError("two instances share one slice position (duplicates or several stacks)")
-    if np.abs(gaps - median).max() > SPACING_TOLERANCE * median:
-        raise InputError(f"slice gaps are irregular ({gaps.min():.2f} to {gaps.max():.2f} mm): missing slices?")
-    return median
-
-
-def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
-    row_mm, col_mm = _float_vector(ds, "PixelSpacing", 2)
+def _pixel_spacing(datasets: Sequence[Dataset]) -> tuple[float, float]:
+    spacings = np.stack([_float_vector(ds, "PixelSpacing", 2) for ds in datasets])
+    row_mm, col_mm = spacings[0]
     if row_mm <= 0 or col_mm <= 0:
         raise InputError("PixelSpacing must be positive")
+    if np.abs(spacings - spacings[0]).max() > PIXEL_SPACING_TOLERANCE * min(row_mm, col_mm):
+        distinct = sorted({(round(float(r), 4), round(float(c), 4)) for r, c in spacings})
+        raise InputError(f"the instances differ in PixelSpacing ({', '.join(f'{r:g} x {c:g}' for r, c in distinct)}"
+                         f" mm): not one grid")
     return float(row_mm), float(col_mm)
+
+
+def _single_slice_gap(ds: Dataset) -> float:
+    """The slice gap of a series of one slice, which has no second position to measure it from."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        try:
+            value = float(ds.get(keyword) or 0)
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return value
+    return 1.0
 
 
 def _rescaled_pixels(datasets: Sequence[Dataset]) -> np.ndarray:
@@ -165,7 +175,16 @@ def _pixels(ds: Dataset, index: int) -> np.ndarray:
         raise InputError("multi-frame instances are not supported; expected one image per instance")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise InputError("colour images are not supported; expected a grayscale series")
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta else None
+    name = f"{syntax} ({syntax.name})" if syntax else "an unknown transfer syntax"
     try:
-        return ds.pixel_array
+        decoder = get_decoder(syntax or ExplicitVRLittleEndian)
+    except NotImplementedError:
+        raise InputError(f"pixel data of slice {index + 1} is in {name}, which has no decoder") from None
+    try:  # not ds.pixel_array, which would keep a decoded copy of every slice on its dataset
+        pixels, _ = decoder.as_array(ds)
     except Exception as error:  # decoders raise many types; any of them means the pixel data is unusable
-        raise InputError(f"pixel data of slice {index + 1} cannot be decoded: {error}") from error
+        reason = " ".join(str(error).split())
+        raise InputError(f"pixel data of slice {index + 1} cannot be decoded from {name}: {reason}") from error
+    return pixels
