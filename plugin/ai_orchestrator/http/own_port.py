@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from ..store.subscriptions import SubscriptionStore
+from ..store.subscriptions import PendingReport, SubscriptionStore
 from ..ups.errors import UPSError
 from ..ups.events import check_ae_title, with_message_id
 from .messages import Request, Response
@@ -33,7 +33,9 @@ log = logging.getLogger("ai_orchestrator.own_port")
 MAX_CLIENT_FRAME = 64 * 1024  # a client has nothing to say on the channel: larger frames close it (1009)
 MAX_BODY = 64 * 1024 * 1024
 SEND_TIMEOUT_S = 5.0  # a consumer that takes longer for one frame is disconnected; its reports stay kept
-BATCH = 100
+BATCH = 500
+LIVE_QUEUE = 10_000  # reports handed to one connection and not sent yet: past that it is dropped as too slow
+ACK_INTERVAL_S = 0.2
 
 Handler = Callable[[Request], Response]
 
@@ -64,24 +66,31 @@ class Access:
         return expected is not None and hmac.compare_digest(expected.encode(), password.encode())
 
 
+@dataclass
+class _Connection:
+    socket: web.WebSocketResponse
+    live: asyncio.Queue[PendingReport]  # reports kept since it connected, handed over by the dispatcher
+    last_sent: int = 0
+
+
 class _Channels:
-    """The connected subscribers, one connection per AE title; woken from any thread when reports wait."""
+    """The connected subscribers (one connection per AE title) and what they were sent.
+
+    One dispatcher reads every new report once and hands it to its subscriber's connection; a connection first
+    sends its backlog from the store, then what the dispatcher hands it. Delivered reports are acknowledged in
+    batches (one transaction for all subscribers), so a hundred subscribers cost one write, not a hundred.
+    """
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.waiting: dict[str, asyncio.Event] = {}
-        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.connections: dict[str, _Connection] = {}
+        self.new_reports = asyncio.Event()
+        self.delivered: dict[str, int] = {}  # AE title -> last report sent, not yet acknowledged in the store
 
     def wake(self, titles: Collection[str]) -> None:
         loop = self.loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._wake, tuple(titles))
-
-    def _wake(self, titles: tuple[str, ...]) -> None:
-        for title in titles:
-            event = self.waiting.get(title)
-            if event is not None:
-                event.set()
+            loop.call_soon_threadsafe(self.new_reports.set)
 
 
 class OwnPortServer:
@@ -110,7 +119,7 @@ class OwnPortServer:
         """Give connected subscribers up to ``timeout`` s to receive what waits for them (e.g. GOING DOWN)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(
-                self._reports.pending_count(title) for title in list(self._channels.sockets)):
+                self._reports.pending_count(title) for title in list(self._channels.connections)):
             time.sleep(0.05)
 
     def stop(self, timeout: float = 10.0) -> bool:
@@ -147,9 +156,13 @@ class OwnPortServer:
             await web.TCPSite(runner, self._access.host, self._port).start()
             log.info("orchestrator's port listening on %s:%d", self._access.host, self._port)
             self._started.set()
+            background = [asyncio.create_task(self._dispatch()), asyncio.create_task(self._acknowledge_periodically())]
             await self._stop.wait()
-            for socket in list(self._channels.sockets.values()):
-                await socket.close(code=1001, message=b"server going down")
+            for connection in list(self._channels.connections.values()):
+                await connection.socket.close(code=1001, message=b"server going down")
+            for task in background:
+                task.cancel()
+            await self._acknowledge()
         finally:
             await runner.cleanup()
 
@@ -176,39 +189,74 @@ class OwnPortServer:
             return web.json_response({"error": error.message, "status": error.dicom_status}, status=400)
         socket = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_CLIENT_FRAME)
         await socket.prepare(request)
-        previous = self._channels.sockets.pop(ae_title, None)
+        previous = self._channels.connections.pop(ae_title, None)
         if previous is not None:  # one channel per subscriber: the newest wins
-            await previous.close(code=1008, message=b"replaced by a newer connection")
-        wake = asyncio.Event()
-        self._channels.sockets[ae_title], self._channels.waiting[ae_title] = socket, wake
-        sender = asyncio.create_task(self._send(socket, ae_title, wake))
+            await previous.socket.close(code=1008, message=b"replaced by a newer connection")
+        connection = _Connection(socket, asyncio.Queue(maxsize=LIVE_QUEUE))
+        self._channels.connections[ae_title] = connection
+        sender = asyncio.create_task(self._send(ae_title, connection))
         try:
             async for message in socket:  # a client's frames are ignored; errors and closes end the loop
                 if message.type == WSMsgType.ERROR:
                     break
         finally:
             sender.cancel()
-            if self._channels.sockets.get(ae_title) is socket:
-                del self._channels.sockets[ae_title]
-                del self._channels.waiting[ae_title]
+            if self._channels.connections.get(ae_title) is connection:
+                del self._channels.connections[ae_title]
         return socket
 
-    async def _send(self, socket: web.WebSocketResponse, ae_title: str, wake: asyncio.Event) -> None:
-        """Deliver the subscriber's kept reports in order, then wait to be woken; acknowledge what was sent."""
+    async def _send(self, ae_title: str, connection: _Connection) -> None:
+        """The backlog kept in the store first, then the live reports, in order, each once."""
         loop = asyncio.get_running_loop()
-        last = 0
         try:
-            while not socket.closed:
-                wake.clear()
-                pending = await loop.run_in_executor(None, self._reports.pending, ae_title, last, BATCH)
-                if not pending:
-                    await wake.wait()
-                    continue
-                for report in pending:
-                    frame = json.dumps(with_message_id(report.report, report.id))
-                    await asyncio.wait_for(socket.send_str(frame), SEND_TIMEOUT_S)
-                    last = report.id
-                await loop.run_in_executor(None, self._reports.acknowledge, ae_title, last)
+            await self._acknowledge()  # what an earlier connection sent is not sent again
+            while True:
+                backlog = await loop.run_in_executor(None, self._reports.pending, ae_title, connection.last_sent,
+                                                     BATCH)
+                for report in backlog:
+                    await self._deliver(ae_title, connection, report)
+                if len(backlog) < BATCH:
+                    break
+            while not connection.socket.closed:
+                report = await connection.live.get()
+                if report.id > connection.last_sent:
+                    await self._deliver(ae_title, connection, report)
         except (TimeoutError, ConnectionResetError) as error:
             log.warning("event channel of %s dropped (%s); its reports stay kept", ae_title, type(error).__name__)
-            await socket.close(code=1013, message=b"too slow")
+            await connection.socket.close(code=1013, message=b"too slow")
+
+    async def _deliver(self, ae_title: str, connection: _Connection, report: PendingReport) -> None:
+        frame = json.dumps(with_message_id(report.report, report.id))
+        await asyncio.wait_for(connection.socket.send_str(frame), SEND_TIMEOUT_S)
+        connection.last_sent = report.id
+        self._channels.delivered[ae_title] = report.id
+
+    async def _dispatch(self) -> None:
+        """Read each new report once and hand it to its subscriber's connection, if connected."""
+        loop = asyncio.get_running_loop()
+        cursor = await loop.run_in_executor(None, self._reports.last_id)
+        while True:
+            await self._channels.new_reports.wait()
+            self._channels.new_reports.clear()
+            while True:
+                rows = await loop.run_in_executor(None, self._reports.since, cursor, BATCH)
+                for ae_title, report in rows:
+                    connection = self._channels.connections.get(ae_title)
+                    if connection is not None:
+                        try:
+                            connection.live.put_nowait(report)
+                        except asyncio.QueueFull:  # a consumer this far behind is dropped; it catches up later
+                            await connection.socket.close(code=1013, message=b"too slow")
+                cursor = rows[-1][1].id if rows else cursor
+                if len(rows) < BATCH:
+                    break
+
+    async def _acknowledge_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_INTERVAL_S)
+            await self._acknowledge()
+
+    async def _acknowledge(self) -> None:
+        if self._channels.delivered:
+            delivered, self._channels.delivered = self._channels.delivered, {}
+            await asyncio.get_running_loop().run_in_executor(None, self._reports.acknowledge_many, delivered)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..ups.clock import utc_now
@@ -110,14 +110,29 @@ class SubscriptionStore:
             (ae_title, after_id, limit)).fetchall()
         return [PendingReport(row_id, json.loads(report)) for row_id, report in rows]
 
+    def since(self, after_id: int, limit: int = 1000) -> list[tuple[str, PendingReport]]:
+        """Every subscriber's reports kept after ``after_id``, in order, as (AE title, report)."""
+        rows = self._store.reading().execute(
+            "SELECT id, ae_title, report FROM subscriber_events WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit)).fetchall()
+        return [(ae_title, PendingReport(row_id, json.loads(report))) for row_id, ae_title, report in rows]
+
+    def last_id(self) -> int:
+        return self._store.reading().execute("SELECT COALESCE(MAX(id), 0) FROM subscriber_events").fetchone()[0]
+
     def acknowledge(self, ae_title: str, up_to_id: int) -> None:
         """Delivered: forget the reports and release the deletion locks their final-state reports held."""
+        self.acknowledge_many({ae_title: up_to_id})
+
+    def acknowledge_many(self, delivered: Mapping[str, int]) -> None:
+        """:meth:`acknowledge` for several subscribers in one transaction."""
         with self._store.writing() as conn:
-            conn.execute(
-                "UPDATE subscriptions SET deletion_lock = 0 WHERE ae_title = ? AND scope IN "
-                "(SELECT uid FROM subscriber_events WHERE ae_title = ? AND id <= ? AND final = 1)",
-                (ae_title, ae_title, up_to_id))
-            conn.execute("DELETE FROM subscriber_events WHERE ae_title = ? AND id <= ?", (ae_title, up_to_id))
+            for ae_title, up_to_id in delivered.items():
+                conn.execute(
+                    "UPDATE subscriptions SET deletion_lock = 0 WHERE ae_title = ? AND scope IN "
+                    "(SELECT uid FROM subscriber_events WHERE ae_title = ? AND id <= ? AND final = 1)",
+                    (ae_title, ae_title, up_to_id))
+                conn.execute("DELETE FROM subscriber_events WHERE ae_title = ? AND id <= ?", (ae_title, up_to_id))
 
     def pending_count(self, ae_title: str) -> int:
         return self._store.reading().execute(
