@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from .api import ModelSpec
 from .geometry import GeometryError, stack_geometry, tilt_degrees
+from .multiframe import FrameError, is_multiframe, load_frames
 
 PIXEL_SPACING_TOLERANCE = 1e-3  # relative: slices of one series share one PixelSpacing
 
@@ -34,6 +35,8 @@ class Volume:
     origin: np.ndarray  # ImagePositionPatient of the first slice, mm
     directions: np.ndarray  # 3x3, rows: direction of increasing col, increasing row, increasing slice
     datasets: tuple[Dataset, ...]  # the source instances, in slice order
+    # one multi-frame source instance: the frame number (1-based) of each slice; None for single-frame series
+    frame_numbers: tuple[int, ...] | None = None
     # mm from one slice's ImagePositionPatient to the next's when it is not the normal x the gap: a gantry tilt
     # (modeling.geometry); the voxels are then sheared, and still have the volume of spacing's product
     slice_step: np.ndarray | None = None
@@ -77,9 +80,13 @@ def read_datasets(sources: Iterable[bytes | Path | str]) -> list[Dataset]:
 
 
 def load_volume(datasets: Sequence[Dataset]) -> Volume:
-    """Validate the geometry of a single-frame series, sort its slices and decode it into one float32 array."""
+    """Validate the geometry of a single-frame series, sort its slices and decode it into one float32 array.
+
+    A series of one multi-frame instance is read from its functional groups (:mod:`.multiframe`)."""
     if not datasets:
         raise InputError("the series has no instances")
+    if any(is_multiframe(ds) for ds in datasets):
+        return _multiframe_volume(datasets)
     _check_uniform(datasets, "Rows")
     _check_uniform(datasets, "Columns")
     _check_one_frame_of_reference(datasets)
@@ -99,6 +106,19 @@ def load_volume(datasets: Sequence[Dataset]) -> Volume:
         datasets=tuple(ordered),
         slice_step=stack.slice_step,
     )
+
+
+def _multiframe_volume(datasets: Sequence[Dataset]) -> Volume:
+    """One multi-frame instance (Enhanced CT, Legacy Converted Enhanced CT...) is one volume (modeling.multiframe)."""
+    if len(datasets) != 1:
+        raise InputError(f"the series holds {len(datasets)} instances, multi-frame among them: expected one "
+                         f"multi-frame instance or single-frame slices only")
+    try:
+        stack = load_frames(datasets[0])
+    except FrameError as error:
+        raise InputError(str(error)) from error
+    return Volume(hu=stack.hu, spacing=stack.spacing, origin=stack.origin, directions=stack.directions,
+                  datasets=(datasets[0],), frame_numbers=stack.frame_numbers)
 
 
 def model_inputs(model: ModelSpec, datasets: Sequence[Dataset]) -> Any:

@@ -17,14 +17,18 @@ from .seg import write_seg
 from .sr import write_sr
 
 
-def encode(result: ModelResult, sources: Sequence[Dataset], model: ModelSpec) -> list[Dataset]:
-    """The result objects the model declares and the result can fill, SEG first (the SR references it)."""
-    seg = write_seg(result, sources, model) if "SEG" in model.outputs and result.segments else None
+def encode(result: ModelResult, sources: Sequence[Dataset], model: ModelSpec,
+           frame_numbers: Sequence[int] | None = None) -> list[Dataset]:
+    """The result objects the model declares and the result can fill, SEG first (the SR references it).
+
+    ``frame_numbers``: for a single multi-frame source, the source frame of each slice (``Volume.frame_numbers``;
+    None: the frames in the order ``load_volume`` stacks them, the grid a model's masks are on)."""
+    seg = write_seg(result, sources, model, frame_numbers) if "SEG" in model.outputs and result.segments else None
     objects = [seg] if seg is not None else []
     if "SR" in model.outputs and result.measurements:
-        objects.append(write_sr(result, sources, model, seg=seg))
+        objects.append(write_sr(result, sources, model, seg=seg, frame_numbers=frame_numbers))
     if "SC" in model.outputs and result.segments:
-        objects.append(write_sc(result, sources, model))
+        objects.append(write_sc(result, sources, model, frame_numbers))
     return objects
 
 

@@ -10,8 +10,9 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from ..modeling.api import ModelResult, ModelSpec, Segment
+from ..modeling.multiframe import frame_orientation, frame_pixel_spacing, frame_values
 from .provenance import provenance
-from .seg import segment_color
+from .seg import segment_color, source_frame_numbers
 
 PREVIEW_MIN_COLUMNS = 512
 PREVIEW_WINDOW = (-600.0, 1500.0)  # lung window: centre, width (HU)
@@ -19,15 +20,27 @@ FILL_ALPHA = 0.4
 
 
 
-def write_sc(result: ModelResult, source_datasets: Sequence[Dataset], model: ModelSpec) -> Dataset:
-    """A Secondary Capture of the most telling axial slice with coloured masks and the key numbers burnt in."""
-    index = _preview_slice(result.segments, len(source_datasets))
-    reference = source_datasets[index]
-    rgb = _overlay(_windowed(reference), [s.mask[index] for s in result.segments], result.segments)
+def write_sc(result: ModelResult, source_datasets: Sequence[Dataset], model: ModelSpec,
+             frame_numbers: Sequence[int] | None = None) -> Dataset:
+    """A Secondary Capture of the most telling axial slice with coloured masks and the key numbers burnt in.
+
+    From a single multi-frame source it shows one frame: ``frame_numbers`` gives the source frame of each slice
+    (None: in the order ``load_volume`` stacks them)."""
+    numbers = source_frame_numbers(source_datasets, frame_numbers)
+    index = _preview_slice(result.segments, len(numbers) if numbers is not None else len(source_datasets))
+    if numbers is None:
+        reference = source_datasets[index]
+        values, spacing = _modality_values(reference), reference.PixelSpacing
+        orientation = [float(v) for v in reference.ImageOrientationPatient]
+    else:
+        reference, frame = source_datasets[0], numbers[index]
+        values, spacing = frame_values(reference, frame), frame_pixel_spacing(reference, frame)
+        orientation = [float(v) for v in frame_orientation(reference, frame)]
+    rgb = _overlay(_windowed(values), [s.mask[index] for s in result.segments], result.segments)
     scale = max(1, -(-PREVIEW_MIN_COLUMNS // rgb.shape[1]))
     rgb = np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
     _burn_in(rgb, _text_lines(result, model))
-    row_mm, col_mm = (float(v) / scale for v in reference.PixelSpacing)
+    row_mm, col_mm = (float(v) / scale for v in spacing)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=reference,
         pixel_array=rgb,
@@ -35,7 +48,7 @@ def write_sc(result: ModelResult, source_datasets: Sequence[Dataset], model: Mod
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         pixel_spacing=(row_mm, col_mm),
-        patient_orientation=_patient_orientation(reference),
+        patient_orientation=_patient_orientation(orientation),
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         **provenance(model, "SC"),
     )
@@ -53,10 +66,15 @@ def _preview_slice(segments: Sequence[Segment], slices: int) -> int:
     return int(np.argmax(area)) if np.any(area) else slices // 2
 
 
-def _windowed(ds: Dataset) -> np.ndarray:
-    """One slice as 8-bit grey RGB in the lung window."""
+def _modality_values(ds: Dataset) -> np.ndarray:
+    """A single-frame image in modality values (after Rescale Slope/Intercept)."""
     values = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1) or 1)
     values += float(ds.get("RescaleIntercept", 0) or 0)
+    return values
+
+
+def _windowed(values: np.ndarray) -> np.ndarray:
+    """One slice of modality values as 8-bit grey RGB in the lung window."""
     centre, width = PREVIEW_WINDOW
     grey = np.clip((values - (centre - width / 2)) / width * 255.0, 0, 255).astype(np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2)
@@ -108,9 +126,8 @@ def _burn_in(rgb: np.ndarray, lines: Sequence[str]) -> None:
     rgb[:] = np.asarray(image)
 
 
-def _patient_orientation(ds: Dataset) -> tuple[str, str]:
-    """Patient Orientation letters (e.g. L, P) of the row and column directions of an image."""
-    orientation = [float(v) for v in ds.ImageOrientationPatient]
+def _patient_orientation(orientation: Sequence[float]) -> tuple[str, str]:
+    """Patient Orientation letters (e.g. L, P) of the row and column directions (ImageOrientationPatient)."""
     return _direction_letters(orientation[:3]), _direction_letters(orientation[3:])
 
 
