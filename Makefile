@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 export VENV
 
-.PHONY: install install-test run test test-unit lint demo bench bench-inference
+.PHONY: install install-test run test test-unit lint demo bench bench-inference bench-events
 
 install:
 	scripts/install.sh
@@ -31,6 +31,9 @@ bench: install-test
 
 bench-inference: install-test
 	$(PYTHON) bench/inference.py
+
+bench-events: install-test
+	$(PYTHON) bench/events.py
 
 demo: install
 	PYTHONPATH=plugin $(PYTHON) scripts/demo.py
