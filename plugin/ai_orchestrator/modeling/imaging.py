@@ -118,7 +118,7 @@ def _multiframe_volume(datasets: Sequence[Dataset]) -> Volume:
     except FrameError as error:
         raise InputError(str(error)) from error
     return Volume(hu=stack.hu, spacing=stack.spacing, origin=stack.origin, directions=stack.directions,
-                  datasets=(datasets[0],), frame_numbers=stack.frame_numbers)
+                  datasets=(datasets[0],), frame_numbers=stack.frame_numbers, slice_step=stack.slice_step)
 
 
 def model_inputs(model: ModelSpec, datasets: Sequence[Dataset]) -> Any:

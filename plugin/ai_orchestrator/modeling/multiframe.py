@@ -5,8 +5,10 @@ Per-Frame Functional Groups Sequence first, the Shared Functional Groups Sequenc
 the slice normal like the slices of a single-frame series; :attr:`FrameStack.frame_numbers` keeps, for each slice,
 the frame it came from, so that results can reference the source frame by frame.
 
-This module imports nothing else of the package: :func:`ai_orchestrator.modeling.imaging.load_volume` dispatches
-here and turns :class:`FrameError` into its ``InputError``.
+The frames' geometry is checked by :func:`.geometry.stack_geometry`, as the slices of a series are (gantry tilt
+included). Besides that module this one imports nothing else of the package:
+:func:`ai_orchestrator.modeling.imaging.load_volume` dispatches here and turns :class:`FrameError` into its
+``InputError``.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels import get_decoder
+from pydicom.uid import ExplicitVRLittleEndian
 
-# The same tolerances as the single-frame loader (modeling.imaging).
-ORIENTATION_TOLERANCE = 1e-3
-SPACING_TOLERANCE = 0.05  # relative deviation of one slice gap from the median gap
-IN_PLANE_TOLERANCE = 0.05  # in-plane drift between frames, as a share of the pixel spacing
+from .geometry import GeometryError, Stack, stack_geometry
+
+SHARED_GEOMETRY = ("PlaneOrientationSequence", "PixelMeasuresSequence")  # highdicom wants them shared
 
 
 class FrameError(ValueError):
@@ -37,6 +40,7 @@ class FrameStack:
     origin: np.ndarray  # ImagePositionPatient of the first slice, mm
     directions: np.ndarray  # 3x3, rows: direction of increasing col, increasing row, increasing slice
     frame_numbers: tuple[int, ...]  # 1-based frame number of each slice
+    slice_step: np.ndarray | None = None  # a gantry tilt's step from frame to frame (modeling.geometry)
 
 
 def is_multiframe(ds: Dataset) -> bool:
@@ -86,29 +90,53 @@ def frame_rescale(ds: Dataset, frame_number: int) -> tuple[float, float]:
 
 def frame_values(ds: Dataset, frame_number: int) -> np.ndarray:
     """One frame in modality values (float32), e.g. for a preview."""
-    pixels = _decoded(ds)[frame_number - 1].astype(np.float32)
+    pixels = _decoded(ds, frame_number - 1).astype(np.float32)
     slope, intercept = frame_rescale(ds, frame_number)
     return pixels * np.float32(slope) + np.float32(intercept)
 
 
 def load_frames(ds: Dataset) -> FrameStack:
-    """Validate the frames' geometry, sort them along the slice normal and decode them into one float32 array."""
+    """Validate the frames' geometry (:func:`~.geometry.stack_geometry`, as for the slices of a series), sort them
+    along the slice normal and decode them into one float32 array."""
+    stack = _stack(ds)
+    return FrameStack(hu=_rescaled(ds, stack.order), spacing=(stack.slice_gap, *_pixel_spacing(ds)),
+                      origin=stack.origin, directions=stack.directions,
+                      frame_numbers=tuple(int(i) + 1 for i in stack.order), slice_step=stack.slice_step)
+
+
+def slice_order(ds: Dataset) -> tuple[int, ...]:
+    """The frame numbers (1-based) sorted along the slice normal, as :func:`load_frames` stacks them."""
+    return tuple(int(i) + 1 for i in _stack(ds).order)
+
+
+def frame_numbers_in_order(ds: Dataset, frame_numbers: Sequence[int] | None) -> list[int]:
+    """The frame number of each slice: the given order, else the order :func:`load_frames` puts the frames in
+    (along the slice normal), which is the grid a model's masks are on."""
+    return list(frame_numbers) if frame_numbers is not None else list(slice_order(ds))
+
+
+def _stack(ds: Dataset) -> Stack:
     count = _frame_count(ds)
-    numbers = range(1, count + 1)
     if len(ds.get("PerFrameFunctionalGroupsSequence") or []) not in (0, count):
         raise FrameError(f"the Per-Frame Functional Groups Sequence does not have one item per frame ({count})")
-    directions = _directions(np.stack([frame_orientation(ds, n) for n in numbers]))
-    spacings = {frame_pixel_spacing(ds, n) for n in numbers}
+    numbers = range(1, count + 1)
+    row_mm, col_mm = _pixel_spacing(ds)
+    measures = frame_group(ds, 1, "PixelMeasuresSequence") or Dataset()
+    try:
+        return stack_geometry(np.stack([frame_orientation(ds, n) for n in numbers]),
+                              np.stack([frame_position(ds, n) for n in numbers]), pixel_mm=min(row_mm, col_mm),
+                              single_gap=float(measures.get("SpacingBetweenSlices") or measures.get("SliceThickness")
+                                               or 1.0), planes="frames")
+    except GeometryError as error:
+        raise FrameError(str(error)) from error
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
+    spacings = {frame_pixel_spacing(ds, n) for n in range(1, _frame_count(ds) + 1)}
     if len(spacings) > 1:
         raise FrameError(f"the frames differ in PixelSpacing: {sorted(spacings)}")
-    [(row_mm, col_mm)] = spacings
-    positions = np.stack([frame_position(ds, n) for n in numbers])
-    offsets = positions @ directions[2]
-    order = np.argsort(offsets, kind="stable")
-    _check_in_plane(positions[order], directions, min(row_mm, col_mm))
-    spacing_z = _slice_gap(offsets[order], ds)
-    return FrameStack(hu=_rescaled(ds, order), spacing=(spacing_z, row_mm, col_mm), origin=positions[order[0]],
-                      directions=directions, frame_numbers=tuple(int(i) + 1 for i in order))
+    [spacing] = spacings
+    return spacing
 
 
 def _rescaled(ds: Dataset, order: np.ndarray) -> np.ndarray:
@@ -144,50 +172,25 @@ def _vector(item: Dataset | None, keyword: str, length: int, frame_number: int) 
     return vector
 
 
-def _directions(orientations: np.ndarray) -> np.ndarray:
-    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
-        raise FrameError("the frames do not share one ImageOrientationPatient (not a single stack)")
-    row_dir, col_dir = orientations[0, :3], orientations[0, 3:]
-    normal = np.cross(row_dir, col_dir)
-    if abs(np.linalg.norm(normal) - 1.0) > 0.01:
-        raise FrameError("ImageOrientationPatient does not hold two orthogonal unit vectors")
-    return np.stack([row_dir, col_dir, normal])
-
-
-def _check_in_plane(positions: np.ndarray, directions: np.ndarray, pixel_mm: float) -> None:
-    """Consecutive frames must lie on the slice normal through the first: no shear (a tilted gantry), no shifts."""
-    in_plane = positions @ directions[:2].T
-    drift = np.abs(in_plane - in_plane[0]).max(initial=0.0)
-    if drift > IN_PLANE_TOLERANCE * pixel_mm:
-        raise FrameError(f"frame positions drift {drift:.2f} mm in plane along the stack (gantry tilt or a "
-                         f"sheared stack): not a regular volume")
-
-
-def _slice_gap(offsets: np.ndarray, ds: Dataset) -> float:
-    if offsets.size == 1:
-        measures = frame_group(ds, 1, "PixelMeasuresSequence") or Dataset()
-        return float(measures.get("SpacingBetweenSlices") or measures.get("SliceThickness") or 1.0)
-    gaps = np.diff(offsets)
-    median = float(np.median(gaps))
-    if np.min(gaps) < 1e-3:
-        raise FrameError("two frames share one slice position (several stacks or temporal positions)")
-    if np.abs(gaps - median).max() > SPACING_TOLERANCE * median:
-        raise FrameError(f"frame gaps are irregular ({gaps.min():.2f} to {gaps.max():.2f} mm): missing frames?")
-    return median
-
-
-def _decoded(ds: Dataset) -> np.ndarray:
-    """All frames as stored values [frame, row, col]."""
+def _decoded(ds: Dataset, index: int | None = None) -> np.ndarray:
+    """All frames as stored values [frame, row, col], or the frame at 0-based ``index`` [row, col]. Not
+    ``ds.pixel_array``, which would keep a decoded copy of every frame on the dataset."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise FrameError("colour images are not supported; expected grayscale frames")
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta else None
+    name = f"{syntax} ({syntax.name})" if syntax else "an unknown transfer syntax"
     try:
-        pixels = ds.pixel_array
+        decoder = get_decoder(syntax or ExplicitVRLittleEndian)
+    except NotImplementedError:
+        raise FrameError(f"pixel data of the multi-frame instance is in {name}, which has no decoder") from None
+    try:
+        pixels, _ = decoder.as_array(ds, index=index)
     except Exception as error:  # decoders raise many types; any of them means the pixel data is unusable
-        raise FrameError(f"pixel data of the multi-frame instance cannot be decoded: {error}") from error
-    return pixels.reshape(_frame_count(ds), int(ds.Rows), int(ds.Columns))
-
-
-SHARED_GEOMETRY = ("PlaneOrientationSequence", "PixelMeasuresSequence")
+        reason = " ".join(str(error).split())
+        raise FrameError(f"pixel data of the multi-frame instance cannot be decoded from {name}: {reason}") from error
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    return pixels.reshape(rows, columns) if index is not None else pixels.reshape(_frame_count(ds), rows, columns)
 
 
 def with_shared_geometry(ds: Dataset) -> Dataset:
@@ -216,17 +219,3 @@ def _shallow_copy(ds: Dataset) -> Dataset:
     for element in ds.elements():
         copy[element.tag] = element
     return copy
-
-
-def frame_numbers_in_order(ds: Dataset, frame_numbers: Sequence[int] | None) -> list[int]:
-    """The frame number of each slice: the given order, else the order :func:`load_frames` puts the frames in
-    (along the slice normal), which is the grid a model's masks are on."""
-    return list(frame_numbers) if frame_numbers is not None else list(slice_order(ds))
-
-
-def slice_order(ds: Dataset) -> tuple[int, ...]:
-    """The frame numbers (1-based) sorted along the slice normal, as :func:`load_frames` stacks them."""
-    numbers = range(1, _frame_count(ds) + 1)
-    directions = _directions(np.stack([frame_orientation(ds, n) for n in numbers]))
-    offsets = np.stack([frame_position(ds, n) for n in numbers]) @ directions[2]
-    return tuple(int(i) + 1 for i in np.argsort(offsets, kind="stable"))
