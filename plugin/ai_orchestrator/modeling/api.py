@@ -6,6 +6,15 @@ context, and answers a :class:`ModelResult`: segments (written as a DICOM SEG), 
 short summary burnt into a preview image. Coded concepts are pydicom ``Code`` values, e.g. from
 ``pydicom.sr.codedict.codes``.
 
+Which series a model gets (:meth:`ModelSpec.matches`, then :meth:`ModelSpec.choose`): each series is offered as a
+mapping of its tags by keyword (Orthanc's main tags: ``Modality``, ``BodyPartExamined``, ``SeriesDescription``,
+``SeriesNumber``...; ``SeriesInstanceUID``, ``SOPClassUID``) plus ``instances`` (the SOP Instance UIDs), ``frames``
+(images: the frames of a multi-frame instance count one by one), ``ImageType``, ``SliceThickness``,
+``slice_spacing`` (mm between slice positions) and ``orientations`` (the distinct ImageOrientationPatient values),
+each empty or None where unknown. Localizers and series that are not axial are never a model's input; among the
+series that pass ``applies_to``, ``min_instances`` and ``series_complete``, :func:`thinnest_series` chooses unless
+the model's own ``choose_series`` does.
+
 This module is the stable surface for model authors: it imports nothing else from the package.
 """
 
@@ -81,6 +90,55 @@ class ModelResult:
 
 PredictFn = Callable[[Any, "torch.device", RunContext], ModelResult]
 PrepareFn = Callable[[Sequence[Dataset]], Any]
+SeriesDescription = Mapping[str, Any]  # a series as models see it: tags by keyword, instances, frames...
+ChooseFn = Callable[[Sequence[SeriesDescription]], Sequence[SeriesDescription]]
+
+AXIAL_MAX_DEGREES = 45.0  # a slice normal at most this far from the head-foot axis is axial (gantry tilts included)
+
+
+def is_localizer(series: SeriesDescription) -> bool:
+    """A scout / topogram: ImageType holds LOCALIZER (value 3 of CT images, the Image Flavor of Enhanced CT)."""
+    return "LOCALIZER" in {str(value).strip().upper() for value in _as_list(series.get("ImageType"))}
+
+
+def is_axial(series: SeriesDescription) -> bool:
+    """Every orientation of the series' images is axial: its slice normal lies within AXIAL_MAX_DEGREES of the
+    patient's head-foot axis. A series of several orientations (a three-plane scout) is not; a series whose
+    orientation is unknown is not refused for it."""
+    orientations = [_floats(o) for o in _as_list(series.get("orientations"))]
+    threshold = np.cos(np.radians(AXIAL_MAX_DEGREES))
+    for orientation in orientations:
+        if orientation is None or orientation.shape != (6,):
+            return False
+        normal = np.cross(orientation[:3], orientation[3:])
+        length = float(np.linalg.norm(normal))
+        if length < 0.5 or abs(normal[2]) / length < threshold:
+            return False
+    return True
+
+
+def slice_thickness(series: SeriesDescription) -> float | None:
+    """The series' slice thickness in mm: SliceThickness, else the spacing of its slice positions; None: unknown."""
+    for key in ("SliceThickness", "slice_spacing"):
+        try:
+            value = float(series.get(key) or 0)
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return value
+    return None
+
+
+def thinnest_series(candidates: Sequence[SeriesDescription]) -> list[SeriesDescription]:
+    """The default choice among the series a model matches: the thinnest (:func:`slice_thickness`; unknown ones
+    last), then the one with the most images (``frames``), then the lowest SeriesNumber, then the lowest
+    SeriesInstanceUID, so the same study always gives the same choice. One series, or none when there is none."""
+    def rank(series: SeriesDescription) -> tuple[float, int, float, str]:
+        thickness = slice_thickness(series)
+        return (thickness if thickness is not None else float("inf"), -_instance_count(series),
+                _number(series.get("SeriesNumber")), str(series.get("SeriesInstanceUID", "")))
+
+    return sorted(candidates, key=rank)[:1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +154,7 @@ class ModelSpec:
     min_instances: int = 1
     series_complete: Callable[[Mapping[str, Any]], bool] | None = None
     prepare: PrepareFn | None = None  # None: the series as a Volume (modeling.imaging.load_volume)
+    choose_series: ChooseFn | None = None  # among the matching series, the inputs; None: thinnest_series
     description: str = ""
     family: Code = codes.DCM.ArtificialIntelligence  # Algorithm Family (CID 7162) in SEG/SR provenance
     procedure: Code = codes.SCT.ImagingProcedure  # Procedure Reported of the SR measurement report
@@ -116,12 +175,17 @@ class ModelSpec:
             raise ModelSpecError("prepare must be callable or None")
         if self.series_complete is not None and not callable(self.series_complete):
             raise ModelSpecError("series_complete must be callable or None")
+        if self.choose_series is not None and not callable(self.choose_series):
+            raise ModelSpecError("choose_series must be callable or None")
         if isinstance(self.min_instances, bool) or not isinstance(self.min_instances, int) or self.min_instances < 1:
             raise ModelSpecError("min_instances must be a whole number >= 1")
         object.__setattr__(self, "_patterns", _compile_selection(self.applies_to))
 
     def matches(self, series: Mapping[str, Any]) -> bool:
-        """Whether a series (main tags by keyword plus ``instances``) is input for this model."""
+        """Whether a series (see the module's docstring) can be input for this model: never a localizer nor a
+        series that is not axial; ``applies_to``, ``min_instances`` (counting ``frames``) and ``series_complete``."""
+        if is_localizer(series) or not is_axial(series):
+            return False
         for keyword, pattern in self._patterns.items():
             value = series.get(keyword)
             if value is None or not pattern.search(_as_text(value)):
@@ -130,11 +194,24 @@ class ModelSpec:
             return False
         return self.series_complete is None or bool(self.series_complete(series))
 
+    def choose(self, candidates: Sequence[SeriesDescription]) -> list[SeriesDescription]:
+        """The inputs among the series this model matches: its ``choose_series``, else :func:`thinnest_series`.
+        ModelSpecError when a model's choice is not among the candidates."""
+        offered = {str(series.get("SeriesInstanceUID", "")): series for series in candidates}
+        chosen = [str(series.get("SeriesInstanceUID", ""))
+                  for series in (self.choose_series or thinnest_series)(list(candidates))]
+        unknown = [uid for uid in chosen if uid not in offered]
+        if unknown:
+            raise ModelSpecError(f"choose_series of {self.name} answered series it was not offered: {unknown}")
+        return [offered[uid] for uid in dict.fromkeys(chosen)]
+
     def describe_inputs(self) -> dict[str, Any]:
         return {
             "series": dict(self.applies_to),
             "min_instances": self.min_instances,
             "completeness_check": self.series_complete is not None,
+            "series_choice": getattr(self.choose_series, "__name__", "custom") if self.choose_series
+            else thinnest_series.__name__,
         }
 
 
@@ -164,5 +241,31 @@ def _as_text(value: Any) -> str:
 
 
 def _instance_count(series: Mapping[str, Any]) -> int:
+    """Images in the series: ``frames`` when given (a multi-frame instance counts its frames), else ``instances``."""
+    frames = series.get("frames")
+    if frames is not None:
+        return int(frames)
     count = series.get("instances", 0)
     return len(count) if isinstance(count, (list, tuple)) else int(count or 0)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return value.split("\\")
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _floats(value: Any) -> np.ndarray | None:
+    try:
+        return np.asarray([float(v) for v in _as_list(value)], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("inf")

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom.sr.coding import Code
 
-from .api import ModelSpec
+from .api import ModelSpec, thinnest_series
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
 MODULE_PREFIX = "ai_orchestrator_models"
@@ -74,18 +74,29 @@ class Registry:
         return next((model for model in self.models if model.name == name), None)
 
     def applicable(self, series_list: Sequence[Mapping[str, Any]]) -> list[tuple[ModelSpec, list[Mapping[str, Any]]]]:
-        """Each working model with the series it applies to; models with none are left out.
+        """Each working model with its input series: those it matches, then those it chooses among them
+        (``ModelSpec.choose``: by default the thinnest); models with none are left out.
 
-        The caller hands in candidate input series only (the requester leaves our own results out)."""
+        The caller hands in candidate input series only (the requester leaves our own results out). A model whose
+        own ``choose_series`` fails or answers nonsense gets the default choice, and a warning is logged."""
         pairs = []
         for model in self.models:
             matching = [series for series in series_list if model.matches(series)]
-            if matching:
-                pairs.append((model, matching))
+            chosen = _chosen(model, matching) if matching else []
+            if chosen:
+                pairs.append((model, chosen))
         return pairs
 
     def describe(self) -> list[dict[str, Any]]:
         return [entry.describe() for entry in self.entries]
+
+
+def _chosen(model: ModelSpec, matching: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    try:
+        return model.choose(matching)
+    except Exception as error:  # a model's own code must not stop intake for the study
+        log.warning("choose_series of model %s failed (%s): the default choice applies", model.name, error)
+        return thinnest_series(matching)
 
 
 def _load_entry(path: Path) -> RegistryEntry:

@@ -21,7 +21,7 @@ from ..manager.scheduling import STUDY_DELETED_REASON, ItemFacts, force_cancel_q
 from ..store.workitems import IntakeEvent
 from ..ups.clock import Clock, utc_now
 from ..ups.constants import IN_PROGRESS, SCHEDULED
-from .matching import Matcher
+from .matching import Matcher, is_input_series
 from .planning import Defer, PlanService, apply, plan_study
 
 log = logging.getLogger("ai_orchestrator.intake")
@@ -132,7 +132,7 @@ class IntakeProcessor:
     def stable_study(self, orthanc_study_id: str) -> bool:
         """Plan and apply one study; False when the plan is deferred (to be handled again)."""
         try:
-            snapshot = read_study(self.gateway, orthanc_study_id)
+            snapshot = read_study(self.gateway, orthanc_study_id, details_for=is_input_series)
         except ResourceNotFound:
             log.info("study %s is no longer in Orthanc: stable event dropped", orthanc_study_id)
             return True

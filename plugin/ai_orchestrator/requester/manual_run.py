@@ -9,7 +9,7 @@ from ..gateway.study import read_study
 from ..modeling.registry import Registry
 from ..ups.clock import Clock, utc_now
 from .building import build_workitem
-from .matching import RegistryMatcher
+from .matching import RegistryMatcher, is_input_series
 from .planning import PlanService
 
 
@@ -29,7 +29,7 @@ def schedule_run(gateway: OrthancGateway, registry: Registry, service: PlanServi
         known = ", ".join(loaded.name for loaded in registry.models) or "none"
         raise ManualRunError(404, f"no working model named {model_name!r} (loaded: {known})")
     try:
-        snapshot = read_study(gateway, orthanc_study_id)
+        snapshot = read_study(gateway, orthanc_study_id, details_for=is_input_series)
     except ResourceNotFound as error:
         raise ManualRunError(404, f"no study {orthanc_study_id} in Orthanc ({error})") from error
     matches = [(algorithm, series) for algorithm, series in RegistryMatcher(registry, priority="HIGH").match(snapshot)

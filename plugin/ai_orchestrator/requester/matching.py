@@ -65,9 +65,21 @@ def is_image_sop_class(sop_class_uid: str) -> bool:
 
 
 def is_input_series(series: SeriesSnapshot) -> bool:
-    """Images only, and never our own results."""
+    """Images only, never localizers (as far as the snapshot's details tell), and never our own results."""
     return (not is_own_result(series.main_tags) and series.modality.upper() not in NON_IMAGE_MODALITIES
-            and is_image_sop_class(series.sop_class_uid) and bool(series.sop_instance_uids))
+            and is_image_sop_class(series.sop_class_uid) and bool(series.sop_instance_uids)
+            and not series.is_localizer)
+
+
+def describe(series: SeriesSnapshot) -> dict[str, Any]:
+    """A series as a model sees it (``ai_orchestrator.modeling.api``): main tags by keyword, the SOP class, its
+    instances and images, and the details that series selection weighs."""
+    details = series.details
+    return {**series.main_tags, "SeriesInstanceUID": series.series_instance_uid, "SOPClassUID": series.sop_class_uid,
+            "BodyPartExamined": series.body_part, "instances": list(series.sop_instance_uids),
+            "frames": series.frames, "ImageType": list(details.image_type),
+            "orientations": [list(o) for o in details.orientations], "SliceThickness": details.slice_thickness,
+            "slice_spacing": details.slice_spacing}
 
 
 # "AiOrchestrator.Rules" entry keys -> Rule fields
@@ -161,15 +173,14 @@ class RuleMatcher:
 @dataclass(frozen=True)
 class RegistryMatcher:
     """The model registry as a matcher: each working model that applies becomes an algorithm (its name is the
-    label). ``registry.applicable`` takes series as main tags by keyword plus ``instances``."""
+    label) over the series it chooses. ``registry.applicable`` takes series as :func:`describe` makes them."""
 
     registry: Registry
     priority: str = "MEDIUM"
 
     def match(self, snapshot: StudySnapshot) -> list[Match]:
         inputs = {s.series_instance_uid: s for s in snapshot.series if is_input_series(s)}
-        described = [{**s.main_tags, "SeriesInstanceUID": uid, "SOPClassUID": s.sop_class_uid,
-                      "instances": list(s.sop_instance_uids)} for uid, s in inputs.items()]
+        described = [describe(s) for s in inputs.values()]
         return [(self._algorithm(model), [inputs[str(series["SeriesInstanceUID"])] for series in matching])
                 for model, matching in self.registry.applicable(described)]
 
