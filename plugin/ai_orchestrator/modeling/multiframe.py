@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import ExplicitVRLittleEndian
@@ -206,10 +208,10 @@ def with_shared_geometry(ds: Dataset) -> Dataset:
         group = frame_group(ds, 1, keyword)
         if group is None:
             raise FrameError(f"frame 1 has no {keyword}")
-        setattr(item, keyword, [group])
+        _put(item, keyword, [group])
     view = _shallow_copy(ds)
     view.file_meta = ds.file_meta
-    view.SharedFunctionalGroupsSequence = [item]
+    _put(view, "SharedFunctionalGroupsSequence", [item])
     return view
 
 
@@ -219,3 +221,11 @@ def _shallow_copy(ds: Dataset) -> Dataset:
     for element in ds.elements():
         copy[element.tag] = element
     return copy
+
+
+def _put(ds: Dataset, keyword: str, value: Any) -> None:
+    """Set an attribute with a new element: assigning to one the dataset shares with another would change both."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    ds[tag] = DataElement(tag, dictionary_VR(tag), value)
