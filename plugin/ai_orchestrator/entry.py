@@ -74,6 +74,17 @@ class InProcessGateway:
             orthanc.RestApiDelete(uri)
 
 
+# Every callback handed to orthanc.RegisterRestCallback stays referenced here, for the life of the process. While
+# finalizing, the Python plugin 5.0 (Debian 13) drops its own references to them; when that was the last one, the
+# callback is freed at that point and Orthanc dies with SIGSEGV (exit 139) instead of stopping cleanly.
+_REGISTERED: list[Callable[..., None]] = []
+
+
+def _register_rest(pattern: str, callback: Callable[..., None]) -> None:
+    _REGISTERED.append(callback)
+    orthanc.RegisterRestCallback(pattern, callback)
+
+
 def _send_http_status(output: Any, status: int, body: bytes) -> None:
     """Plugin 4.0 takes (status, str body, byte size); 4.2+ takes (status, bytes body)."""
     if not body:
@@ -128,7 +139,7 @@ def _start_failed(error: BaseException) -> None:
     """Log the cause once, loudly, and answer every plugin route with 503 and that cause."""
     message = f"AI orchestrator failed to start: {error}"
     orthanc.LogError(message + "\n" + traceback.format_exc())
-    orthanc.RegisterRestCallback(ROOT + "(/.*)?", _route_to(lambda _request: Response.error(503, message)))
+    _register_rest(ROOT + "(/.*)?", _route_to(lambda _request: Response.error(503, message)))
 
 
 def start() -> None:
@@ -146,7 +157,7 @@ def start() -> None:
         _start_failed(error)
         return
 
-    orthanc.RegisterRestCallback(ROOT + "(/.*)?", _route_to(app.handle))
+    _register_rest(ROOT + "(/.*)?", _route_to(app.handle))
     change = orthanc.ChangeType
     event_dispatcher.register_event_handlers(
         {
