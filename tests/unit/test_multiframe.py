@@ -209,6 +209,12 @@ def test_preview_shows_the_frame_of_the_single_frame_preview(results, kind):
     assert np.array_equal(sc.pixel_array, single_sc.pixel_array)
     assert list(sc.PixelSpacing) == list(single_sc.PixelSpacing)
     assert list(sc.PatientOrientation) == list(single_sc.PatientOrientation)
+    volume = results[kind][0]
+    [shown] = sc.SourceImageSequence
+    assert shown.ReferencedSOPInstanceUID == volume.datasets[0].SOPInstanceUID
+    [single_shown] = single_sc.SourceImageSequence
+    index = [ds.SOPInstanceUID for ds in results["single"][0].datasets].index(single_shown.ReferencedSOPInstanceUID)
+    assert int(shown.ReferencedFrameNumber) == volume.frame_numbers[index]  # the frame of the same slice
 
 
 @pytest.mark.parametrize("kind", ["legacy", "enhanced"])

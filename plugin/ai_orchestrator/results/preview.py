@@ -55,7 +55,18 @@ def write_sc(result: ModelResult, source_datasets: Sequence[Dataset], model: Mod
     sc.BurnedInAnnotation = "YES"
     sc.Laterality = reference.get("Laterality", "")  # Type 2C in General Series; dciodvfy insists on it
     sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.SourceImageSequence = [_source_image(reference, numbers[index] if numbers is not None else None)]
     return sc
+
+
+def _source_image(reference: Dataset, frame: int | None) -> Dataset:
+    """The image (and, of a multi-frame source, the frame) the preview shows (General Image Module, Type 3)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = reference.SOPClassUID
+    item.ReferencedSOPInstanceUID = reference.SOPInstanceUID
+    if frame is not None:
+        item.ReferencedFrameNumber = frame
+    return item
 
 
 def _preview_slice(segments: Sequence[Segment], slices: int) -> int:
