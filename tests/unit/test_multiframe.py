@@ -8,7 +8,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 import torch
-from pydicom.uid import EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage
+from pydicom.uid import EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage, RLELossless
 
 from ai_orchestrator.modeling.imaging import InputError, load_volume
 from ai_orchestrator.modeling.multiframe import (
@@ -223,3 +223,14 @@ def test_results_of_a_multiframe_source_pass_dciodvfy(results, kind, tmp_path):
         path = tmp_path / f"{modality}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], modality
+
+
+def test_a_compressed_multiframe_instance_loads_the_same(phantom, single):
+    """Encapsulated pixel data (RLE Lossless, which pydicom encodes itself) is decoded frame by frame."""
+    ds = enhanced_ct(phantom.datasets)
+    ds.compress(RLELossless)
+    assert ds.file_meta.TransferSyntaxUID == RLELossless
+    volume = load_volume([ds])
+    assert np.array_equal(volume.hu, single.hu)
+    frame = volume.frame_numbers[5]
+    assert np.array_equal(frame_values(ds, frame), single.hu[5])
