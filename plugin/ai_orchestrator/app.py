@@ -18,6 +18,7 @@ import torch
 
 from . import __version__
 from .background import PeriodicTask
+from .capabilities import Capabilities
 from .config import Settings
 from .gateway.protocol import OrthancGateway
 from .http.messages import Request, Response
@@ -36,6 +37,7 @@ from .requester.intake import (
     IntakeProcessor,
     IntakeSettings,
 )
+from .requester.labels import StudyLabels
 from .requester.manual_run import ManualRunError, schedule_run
 from .requester.matching import default_matcher
 from .results.encoding import warm_up_encoders
@@ -47,6 +49,7 @@ from .ups.events import GOING_DOWN, RESTARTED
 
 log = logging.getLogger("ai_orchestrator")
 INTAKE_POLL_S = 1.0
+LABELS_RETRY_S = 10.0
 
 
 def _method_not_allowed(allowed: str) -> Response:
@@ -55,8 +58,10 @@ def _method_not_allowed(allowed: str) -> Response:
 
 class Orchestrator:
     def __init__(self, settings: Settings, gateway: OrthancGateway,
-                 orthanc_version: Callable[[], str] = lambda: "unknown"):
+                 orthanc_version: Callable[[], str] = lambda: "unknown",
+                 capabilities: Capabilities | None = None):
         self.settings, self.gateway, self.orthanc_version = settings, gateway, orthanc_version
+        self.capabilities = capabilities = capabilities or Capabilities()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(settings.device)
         self.store = WorkitemStore(settings.store_path)
@@ -90,7 +95,17 @@ class Orchestrator:
         self._intake_task = PeriodicTask("ai-intake", self._intake_step, INTAKE_POLL_S)
         self._housekeeping_task = PeriodicTask("ai-housekeeping", self._housekeeping_step,
                                                settings.housekeeping_interval_s)
-        self._tasks = (self._intake_task, self._housekeeping_task)
+        self._tasks: tuple[PeriodicTask, ...] = (self._intake_task, self._housekeeping_task)
+        self.study_labels: StudyLabels | None = None
+        if capabilities.orthanc_labels:  # each study carries its AI state as an Orthanc label
+            self.study_labels = StudyLabels(gateway, self.service)
+            labels_task = PeriodicTask("ai-labels", self.study_labels.apply_pending, LABELS_RETRY_S)
+            self.study_labels.add_waker(labels_task.wake)
+            self.service.add_listener(self.study_labels.on_workitem_event)
+            self._tasks += (labels_task,)
+        else:
+            log.warning("this Orthanc has no labels (Orthanc 1.12 and later): studies are not labelled with "
+                        "their AI state")
         self._routes: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
             (re.compile(r"^/system/?$"), self._system),
             (re.compile(r"^/workitems(/.*)?$"), self.workitems.handle),
@@ -120,6 +135,7 @@ class Orchestrator:
             "Workitems": self.service.counts_by_state(),
             "RecentRuns": self.worker.completed_runs[-10:] if self.worker else [],
             "OrchestratorPort": {"Port": self.settings.events_port, "Error": self.own_port_error},
+            "Capabilities": self.capabilities.describe(),
         })
 
     def _models(self, request: Request) -> Response:
@@ -191,13 +207,25 @@ class Orchestrator:
         if self.worker:
             ended.append(self.worker.stop())
         ended.append(self.own_port.stop())
+        if self.study_labels and all(ended):
+            self._flush_labels()
         if all(ended):
             self.ledger.close()
             self.store.close()
         else:  # closing under a running thread would only turn its last step into errors; the WAL is durable
             log.warning("background work still running at shutdown: the store is left to close with the process")
 
+    def _flush_labels(self) -> None:
+        """The last changes' labels, once nothing changes workitems any more (best effort: Orthanc is stopping)."""
+        assert self.study_labels is not None
+        try:
+            self.study_labels.apply_pending()
+        except Exception:
+            log.warning("labelling the last studies at shutdown failed", exc_info=True)
+
     def describe_startup(self) -> str:
         models = ", ".join(f"{entry['name']} ({entry['status']})" for entry in self.registry.describe()) or "none"
+        capabilities = ", ".join(name for name, on in self.capabilities.describe().items() if on is True) or "none"
         return (f"plugin {__version__}, device {self.device}, data {self.settings.data_dir}, "
-                f"models: {models}, in-process workers: {self.settings.workers}")
+                f"models: {models}, in-process workers: {self.settings.workers}, "
+                f"Orthanc capabilities used: {capabilities}")

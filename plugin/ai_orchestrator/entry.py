@@ -1,8 +1,9 @@
 """The only module that imports ``orthanc``: wires the plain-Python application into Orthanc.
 
 Everything Orthanc-specific lives here: the REST callback adapter (with the ``SendHttpStatus`` shim),
-the in-process gateway, and the change-event handlers registered through orthanc-server-extensions'
-dispatcher (which owns the single on-change callback). Handlers only record work and return.
+the in-process gateway, the change-event handlers registered through orthanc-server-extensions'
+dispatcher (which owns the single on-change callback), and what the running Orthanc can do: detected once, here,
+at start-up, and handed on as :class:`~.capabilities.Capabilities`. Handlers only record work and return.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from orthanc_ext import event_dispatcher
 
 import orthanc
 
+from .capabilities import Capabilities
 from .gateway.protocol import OrthancError, ResourceNotFound
 from .http.messages import Request, Response
 
@@ -69,9 +73,48 @@ class InProcessGateway:
         with _typed_errors("POST /instances"):
             return json.loads(orthanc.RestApiPost("/instances", dicom))
 
+    def put(self, uri: str, body: bytes = b"") -> None:
+        with _typed_errors(f"PUT {uri}"):
+            orthanc.RestApiPut(uri, body)
+
     def delete(self, uri: str) -> None:
         with _typed_errors(f"DELETE {uri}"):
             orthanc.RestApiDelete(uri)
+
+
+# What newer releases offer, and since which version: read here, once, and nowhere else.
+LABELS_SINCE = (1, 12, 0)              # Orthanc: labels on resources
+KEEP_ALIVE_TIMEOUT_SINCE = (1, 11, 3)  # Orthanc: the "KeepAliveTimeout" option
+ALLOW_THREADS_SINCE = (4, 3)           # Python plugin: "Python": {"AllowThreads": true}
+_PYTHON_PLUGIN_FILE = re.compile(r"libOrthancPython\.so\.(\d+)\.(\d+)\b")
+
+
+def _orthanc_at_least(version: tuple[int, int, int]) -> bool:
+    """Whether the hosting Orthanc is this version or later (``CheckVersionAdvanced`` answers during init)."""
+    check = getattr(orthanc, "CheckVersionAdvanced", None)
+    return bool(check(*version)) if check is not None else False
+
+
+def _python_plugin_version(maps: Path = Path("/proc/self/maps")) -> tuple[int, int] | None:
+    """The loaded Python plugin's version, from its file's name: Debian installs ``libOrthancPython.so.X.Y``
+    (the ``orthanc`` module does not say). None when the name carries none."""
+    try:
+        match = _PYTHON_PLUGIN_FILE.search(maps.read_text())
+    except OSError:
+        return None
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def detect_capabilities(orthanc_config: Mapping[str, Any]) -> Capabilities:
+    python_section = orthanc_config.get("Python")
+    allow_threads = isinstance(python_section, dict) and python_section.get("AllowThreads") is True
+    plugin_version = _python_plugin_version()
+    return Capabilities(
+        orthanc_labels=_orthanc_at_least(LABELS_SINCE),
+        keep_alive_timeout=_orthanc_at_least(KEEP_ALIVE_TIMEOUT_SINCE),
+        sdk_calls_release_gil=allow_threads and plugin_version is not None and plugin_version >= ALLOW_THREADS_SINCE,
+        python_plugin_version=".".join(map(str, plugin_version)) if plugin_version else None,
+    )
 
 
 # Every callback handed to orthanc.RegisterRestCallback stays referenced here, for the life of the process. While
@@ -150,9 +193,11 @@ def start() -> None:
 
     try:
         orthanc_config = json.loads(orthanc.GetConfiguration())
+        capabilities = detect_capabilities(orthanc_config)
         # Orthanc's own REST API is not callable during plugin initialisation: ask for the version later.
         app = Orchestrator(Settings.from_orthanc(orthanc_config), InProcessGateway(),
-                           orthanc_version=lambda: json.loads(orthanc.RestApiGet("/system")).get("Version"))
+                           orthanc_version=lambda: json.loads(orthanc.RestApiGet("/system")).get("Version"),
+                           capabilities=capabilities)
     except Exception as error:
         _start_failed(error)
         return

@@ -49,7 +49,8 @@ def build(base: dict, environ: Mapping[str, str], repo_dir: Path) -> dict:
         "PythonScript": str(ENTRY_SCRIPT),
         "Plugins": [f"{DEBIAN_PLUGINS}/libOrthancPython.so", f"{DEBIAN_PLUGINS}/libOrthancDicomWeb.so"],
     })
-    _apply_access(config, environ)
+    _merge(config, _json_object(environ, "ORTHANC_SETTINGS", '{"Python": {"AllowThreads": false}}'))
+    _apply_access(config, environ)  # after: access is only ever opened through its own variables, checked
     plugin = config.setdefault("AiOrchestrator", {})
     plugin["DataDirectory"] = str(data_dir)
     plugin["EventsPort"] = _port(environ, "AI_ORCHESTRATOR_WS_PORT", plugin.get("EventsPort", 8765))
@@ -61,22 +62,32 @@ def build(base: dict, environ: Mapping[str, str], repo_dir: Path) -> dict:
         plugin.setdefault("ModelsDirectory", str(repo_dir / "models"))
     if environ.get("AI_ORCHESTRATOR_DEVICE"):
         plugin["Device"] = environ["AI_ORCHESTRATOR_DEVICE"]
-    plugin.update(_settings_override(environ))
+    plugin.update(_json_object(environ, "AI_ORCHESTRATOR_SETTINGS", '{"LeaseSeconds": 600}'))
     return config
 
 
-def _settings_override(environ: Mapping[str, str]) -> dict:
-    """``AI_ORCHESTRATOR_SETTINGS``: a JSON object merged over the "AiOrchestrator" section (containers, tests)."""
-    raw = environ.get("AI_ORCHESTRATOR_SETTINGS", "").strip()
+def _json_object(environ: Mapping[str, str], name: str, example: str) -> dict:
+    """``AI_ORCHESTRATOR_SETTINGS`` (merged over the "AiOrchestrator" section) or ``ORTHANC_SETTINGS`` (merged over
+    the whole Orthanc configuration, sections included): a JSON object, for containers, tests and benchmarks."""
+    raw = environ.get(name, "").strip()
     if not raw:
         return {}
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise LaunchConfigError(f"AI_ORCHESTRATOR_SETTINGS is not JSON: {error}") from error
+        raise LaunchConfigError(f"{name} is not JSON: {error}") from error
     if not isinstance(value, dict):
-        raise LaunchConfigError("AI_ORCHESTRATOR_SETTINGS must be a JSON object, e.g. {\"LeaseSeconds\": 600}")
+        raise LaunchConfigError(f"{name} must be a JSON object, e.g. {example}")
     return value
+
+
+def _merge(config: dict, override: Mapping) -> None:
+    """Merge ``override`` into ``config``: objects key by key, anything else replaced."""
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
 
 
 def _apply_access(config: dict, environ: Mapping[str, str]) -> None:

@@ -55,3 +55,28 @@ def test_settings_are_typed_and_checked():
         Settings.from_orthanc({"AiOrchestrator": {"LeaseSeconds": "soon"}})
     with pytest.raises(ConfigError, match="Rules"):
         Settings.from_orthanc({"AiOrchestrator": {"Rules": "all"}})
+
+
+def test_the_shipped_configuration_asks_for_what_newer_orthanc_offers(tmp_path):
+    """Written whatever the version: Orthanc 1.10 and the Python plugin 4.0 ignore both options (checked by the
+    integration tests on Debian 12); Orthanc 1.11.3+ and plugin 4.3+ honour them."""
+    import json
+
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "orthanc" / "orthanc.json").read_text())
+    config = build(shipped, {"ORTHANC_DATA_DIR": str(tmp_path)}, REPO)
+    assert config["KeepAlive"] is True and config["KeepAliveTimeout"] > 5  # above httpx's 5 s idle expiry
+    assert config["Python"] == {"AllowThreads": True}
+    assert config["PythonScript"] == str(ENTRY_SCRIPT)
+
+
+def test_orthanc_settings_merge_into_sections_but_never_open_access(tmp_path):
+    base = {"Python": {"AllowThreads": True, "Verbose": False}, "DicomWeb": {"Enable": True}}
+    env = {"ORTHANC_DATA_DIR": str(tmp_path),
+           "ORTHANC_SETTINGS": '{"Python": {"AllowThreads": false}, "KeepAliveTimeout": 3,'
+                               ' "RemoteAccessAllowed": true, "AuthenticationEnabled": false}'}
+    config = build(base, env, REPO)
+    assert config["Python"] == {"AllowThreads": False, "Verbose": False}
+    assert config["KeepAliveTimeout"] == 3 and config["DicomWeb"] == {"Enable": True}
+    assert config["RemoteAccessAllowed"] is False  # only ORTHANC_REMOTE_ACCESS, with credentials, opens it
+    with pytest.raises(LaunchConfigError, match="ORTHANC_SETTINGS must be a JSON object"):
+        build({}, {"ORTHANC_SETTINGS": "[1]"}, REPO)

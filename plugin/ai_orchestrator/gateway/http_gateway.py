@@ -46,6 +46,9 @@ class HttpGateway:
         return self._check(self._client.post("/instances", content=dicom,
                                              headers={"Content-Type": "application/dicom"})).json()
 
+    def put(self, uri: str, body: bytes = b"") -> None:
+        self._check(self._client.put(uri, content=body))
+
     def delete(self, uri: str) -> None:
         self._check(self._client.delete(uri))
 

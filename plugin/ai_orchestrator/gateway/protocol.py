@@ -32,5 +32,8 @@ class OrthancGateway(Protocol):
     def post_instance(self, dicom: bytes) -> dict:
         """Store one DICOM file (POST /instances); answers Orthanc's JSON (``ID``, ``ParentStudy``...)."""
 
+    def put(self, uri: str, body: bytes = b"") -> None:
+        """PUT a body (empty for e.g. ``/studies/{id}/labels/{label}``) to an Orthanc REST URI."""
+
     def delete(self, uri: str) -> None:
         """DELETE an Orthanc REST URI."""
