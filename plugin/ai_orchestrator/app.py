@@ -23,6 +23,7 @@ from .config import Settings
 from .gateway.protocol import OrthancGateway
 from .http.messages import Request, Response
 from .http.own_port import Access, OwnPortServer
+from .http.studies import StudiesApi
 from .http.workitems import WorkitemsApi
 from .manager.housekeeping import HousekeepingSettings, run_housekeeping
 from .manager.service import WorkitemService
@@ -106,11 +107,14 @@ class Orchestrator:
         else:
             log.warning("this Orthanc has no labels (Orthanc 1.12 and later): studies are not labelled with "
                         "their AI state")
+        self.studies = StudiesApi(gateway, self.registry, self.service, str(self.device))
         self._routes: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
             (re.compile(r"^/system/?$"), self._system),
             (re.compile(r"^/workitems(/.*)?$"), self.workitems.handle),
             (re.compile(r"^/models/?$"), self._models),
             (re.compile(r"^/studies/(?P<study>[^/]+)/run/?$"), self._run),
+            (re.compile(r"^/studies/(?P<study>[^/]+)/workitems/?$"), self.studies.workitems),  # the Explorer panel
+            (re.compile(r"^/studies/(?P<study>[^/]+)/models/?$"), self.studies.models),
         ]
 
     # REST

@@ -24,6 +24,7 @@ import orthanc
 
 from .capabilities import Capabilities
 from .gateway.protocol import OrthancError, ResourceNotFound
+from .http.explorer import panel_javascript
 from .http.messages import Request, Response
 
 ROOT = "/ai-orchestrator"
@@ -185,12 +186,22 @@ def _start_failed(error: BaseException) -> None:
     _register_rest(ROOT + "(/.*)?", _route_to(lambda _request: Response.error(503, message)))
 
 
+def _extend_explorer() -> None:
+    """The AI panel of Orthanc Explorer (``http/explorer/panel.js``), served in ``/plugins/explorer.js``; registered
+    even when the plugin fails to start, so that the panel shows why."""
+    try:
+        orthanc.ExtendOrthancExplorer(panel_javascript())
+    except Exception as error:  # the plugin serves on without its panel
+        orthanc.LogError(f"AI orchestrator: the Orthanc Explorer panel is not available: {error}")
+
+
 def start() -> None:
     from .app import (
         Orchestrator,  # imported here so that an import error is reported like any startup error
     )
     from .config import Settings
 
+    _extend_explorer()
     try:
         orthanc_config = json.loads(orthanc.GetConfiguration())
         capabilities = detect_capabilities(orthanc_config)

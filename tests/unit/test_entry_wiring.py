@@ -9,6 +9,7 @@ import sys
 import pytest
 from orthanc_ext.orthanc import OrthancApiHandler
 
+from ai_orchestrator.http.explorer import panel_javascript
 from ai_orchestrator.store.workitems import WorkitemStore
 
 
@@ -21,6 +22,9 @@ class FakeOrthanc(OrthancApiHandler):
 
     def RegisterRestCallback(self, pattern, callback):
         self.routes[pattern] = callback
+
+    def ExtendOrthancExplorer(self, javascript):
+        self.explorer_scripts = [*getattr(self, "explorer_scripts", []), javascript]
 
     def RestApiGet(self, uri):
         return json.dumps({"Version": "1.10.1"}) if uri == "/system" else "{}"
@@ -99,3 +103,11 @@ def test_a_startup_failure_answers_503_everywhere_and_is_logged(tmp_path, monkey
     status, body, _ = call(fake, "GET", "/ai-orchestrator/workitems").answer
     assert status == 503 and "Workers" in json.loads(body)["error"]
     assert any("failed to start" in message for message in fake.errors)
+    assert fake.explorer_scripts == [panel_javascript()]  # the panel shows the cause
+
+
+def test_the_explorer_panel_is_registered_from_the_package_file(wired):
+    fake, _ = wired
+    [script] = fake.explorer_scripts
+    assert script == panel_javascript() and "#ai-panel" in script
+    assert not any("Explorer panel" in message for message in fake.errors)
