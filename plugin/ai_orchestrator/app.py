@@ -25,7 +25,9 @@ from .http.messages import Request, Response
 from .http.own_port import Access, OwnPortServer
 from .http.studies import StudiesApi
 from .http.workitems import WorkitemsApi
+from .http.worklist import Worklist, WorklistSettings
 from .manager.housekeeping import HousekeepingSettings, run_housekeeping
+from .manager.metrics import merged, subscription_metrics, workitem_metrics
 from .manager.service import WorkitemService
 from .manager.subscriptions import SubscriptionService
 from .modeling.device import resolve_device
@@ -67,7 +69,7 @@ class Orchestrator:
         self.device = resolve_device(settings.device)
         self.store = WorkitemStore(settings.store_path)
         self.service = WorkitemService(self.store)
-        reports = SubscriptionStore(self.store)
+        self.reports = reports = SubscriptionStore(self.store)
         self.subscriptions = SubscriptionService(reports, self.service)
         self.workitems = WorkitemsApi(self.service, self.subscriptions, self._channel_url)
         self.own_port = OwnPortServer(self.workitems.handle, reports, settings.events_port,
@@ -86,8 +88,13 @@ class Orchestrator:
         self.worker = InferenceWorker(
             self.service, gateway,
             {(m.algorithm.value, m.algorithm.scheme_designator): m for m in self.registry.models},
-            self.ledger, self.device, publisher.publish,
-            max_attempts=settings.max_attempts, loaders=settings.workers) if settings.workers else None
+            self.ledger, self.device, publisher,
+            max_attempts=settings.max_attempts, loaders=settings.workers, forward_retry_s=settings.forward_retry_s,
+            forward_retry_interval_s=settings.forward_retry_interval_s) if settings.workers else None
+        self.worklist = Worklist(self.service, WorklistSettings(
+            settings.worklist_filter_issuer_aet, settings.dicom_aet,
+            frozenset(self.worker.models) if self.worker else frozenset()))
+        self._metrics_task: PeriodicTask | None = None
         if self.worker and self.registry.models:
             try:
                 warm_up_encoders()
@@ -185,6 +192,20 @@ class Orchestrator:
         if report.replacements and self.worker:
             self.worker.wake()
 
+    # Metrics: published through the setter the entry module hands in (orthanc.SetMetricsValue)
+    def report_metrics_to(self, set_value: Callable[[str, float], None]) -> None:
+        """Publish :meth:`metrics` every MetricsIntervalSeconds, from start_background on."""
+        def publish() -> None:
+            for name, value in self.metrics().items():
+                set_value(name, value)
+
+        self._metrics_task = PeriodicTask("ai-metrics", publish, self.settings.metrics_interval_s)
+
+    def metrics(self) -> dict[str, float]:
+        subscribers, queued_events = self.reports.totals()
+        return merged(workitem_metrics(self.service, utc_now()), subscription_metrics(subscribers, queued_events),
+                      self.worker.metrics() if self.worker else {})
+
     def _channel_url(self, request: Request, ae_title: str) -> str:
         """The event channel's URL for a subscriber, on the host the client reached us by."""
         host = urlsplit("//" + request.headers.get("host", "localhost")).hostname or "localhost"
@@ -201,6 +222,8 @@ class Orchestrator:
         self.subscriptions.announce(RESTARTED)
         for task in self._tasks:
             task.start()
+        if self._metrics_task:
+            self._metrics_task.start()
         if self.worker:
             self.worker.start()
 
@@ -208,6 +231,8 @@ class Orchestrator:
         self.subscriptions.announce(GOING_DOWN)
         self.own_port.drain(timeout=1.0)
         ended = [task.stop() for task in self._tasks]
+        if self._metrics_task:
+            ended.append(self._metrics_task.stop())
         if self.worker:
             ended.append(self.worker.stop())
         ended.append(self.own_port.stop())

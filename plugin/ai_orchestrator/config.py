@@ -33,6 +33,11 @@ class Settings:
     remote_access: bool = False  # Orthanc's RemoteAccessAllowed: the orchestrator's port follows it
     authentication: bool = False  # Orthanc's AuthenticationEnabled (on by default with remote access)
     registered_users: Mapping[str, str] = field(default_factory=dict)
+    dicom_aet: str = "ORTHANC"  # Orthanc's own AE title: the in-process performer's, in worklist answers
+    worklist_filter_issuer_aet: bool = False  # a worklist C-FIND gets only the calling AE's items
+    metrics_interval_s: int = 10  # how often the metrics are published to Orthanc
+    forward_retry_s: int = 86400  # how long forwarding to a destination that is down is tried again
+    forward_retry_interval_s: int = 60  # the longest pause between two tries
 
     @property
     def store_path(self) -> Path:
@@ -72,6 +77,11 @@ class Settings:
             remote_access=bool(orthanc_config.get("RemoteAccessAllowed", False)),
             authentication=_authentication(orthanc_config),
             registered_users=_users(orthanc_config),
+            dicom_aet=str(orthanc_config.get("DicomAet", "ORTHANC")),
+            worklist_filter_issuer_aet=bool(section.get("WorklistFilterIssuerAet", False)),
+            metrics_interval_s=_int(section, "MetricsIntervalSeconds", 10, minimum=1),
+            forward_retry_s=_int(section, "ForwardRetrySeconds", 86400),
+            forward_retry_interval_s=_int(section, "ForwardRetryIntervalSeconds", 60, minimum=1),
         )
 
 

@@ -26,6 +26,7 @@ from .capabilities import Capabilities
 from .gateway.protocol import OrthancError, ResourceNotFound
 from .http.explorer import panel_javascript
 from .http.messages import Request, Response
+from .http.worklist import Worklist, WorklistQueryError
 
 ROOT = "/ai-orchestrator"
 log = logging.getLogger("ai_orchestrator")
@@ -179,6 +180,32 @@ def _route_to(handle: Callable[[Request], Response]) -> Callable[..., None]:
     return on_rest
 
 
+# The worklist callback stays referenced here for the life of the process (as the REST callbacks are).
+_WORKLIST_CALLBACKS: list[Callable[..., None]] = []
+
+
+def _register_worklist(worklist: Worklist) -> None:
+    """Modality Worklist C-FIND, answered from the SCHEDULED workitems with Orthanc's matcher deciding; an error
+    (a malformed query) raised here fails the C-FIND with Failed: UnableToProcess."""
+    def on_worklist(answers: Any, query: Any, issuer_aet: str, called_aet: str) -> None:
+        try:
+            found = worklist.find(query.WorklistGetDicomQuery(), issuer_aet, query.WorklistIsMatch)
+        except WorklistQueryError as error:
+            orthanc.LogWarning(f"worklist C-FIND from {issuer_aet} refused: {error}")
+            raise
+        for dicom in found.datasets:
+            answers.WorklistAddAnswer(query, dicom)
+        if not found.complete:
+            answers.WorklistMarkIncomplete()
+
+    _WORKLIST_CALLBACKS.append(on_worklist)
+    orthanc.RegisterWorklistCallback(on_worklist)
+
+
+def _set_metric(name: str, value: float) -> None:
+    orthanc.SetMetricsValue(name, float(value), orthanc.MetricsType.DEFAULT)
+
+
 def _start_failed(error: BaseException) -> None:
     """Log the cause once, loudly, and answer every plugin route with 503 and that cause."""
     message = f"AI orchestrator failed to start: {error}"
@@ -214,6 +241,8 @@ def start() -> None:
         return
 
     _register_rest(ROOT + "(/.*)?", _route_to(app.handle))
+    _register_worklist(app.worklist)
+    app.report_metrics_to(_set_metric)
     change = orthanc.ChangeType
     event_dispatcher.register_event_handlers(
         {

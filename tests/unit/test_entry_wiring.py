@@ -5,12 +5,17 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from io import BytesIO
 
+import pydicom
 import pytest
 from orthanc_ext.orthanc import OrthancApiHandler
+from pydicom import Dataset
 
 from ai_orchestrator.http.explorer import panel_javascript
 from ai_orchestrator.store.workitems import WorkitemStore
+from tests.integration.workitems import new_workitem
+from tests.integration.worklist_queries import c_find_identifier
 
 
 class FakeOrthanc(OrthancApiHandler):
@@ -18,13 +23,25 @@ class FakeOrthanc(OrthancApiHandler):
 
     def __init__(self, config):
         super().__init__(config)
-        self.routes, self.errors = {}, []
+        self.routes, self.errors, self.warnings, self.worklist, self.metrics = {}, [], [], None, {}
+
+    class MetricsType:
+        DEFAULT = 0
 
     def RegisterRestCallback(self, pattern, callback):
         self.routes[pattern] = callback
 
     def ExtendOrthancExplorer(self, javascript):
         self.explorer_scripts = [*getattr(self, "explorer_scripts", []), javascript]
+
+    def RegisterWorklistCallback(self, callback):
+        self.worklist = callback
+
+    def SetMetricsValue(self, name, value, kind):
+        self.metrics[name] = value
+
+    def LogWarning(self, message):
+        self.warnings.append(message)
 
     def RestApiGet(self, uri):
         return json.dumps({"Version": "1.10.1"}) if uri == "/system" else "{}"
@@ -111,3 +128,55 @@ def test_the_explorer_panel_is_registered_from_the_package_file(wired):
     [script] = fake.explorer_scripts
     assert script == panel_javascript() and "#ai-panel" in script
     assert not any("Explorer panel" in message for message in fake.errors)
+
+
+class WorklistQuery:
+    """orthanc.WorklistQuery: the C-FIND identifier, and Orthanc's matcher (here: everything matches)."""
+
+    def __init__(self, identifier: bytes):
+        self.identifier = identifier
+
+    def WorklistGetDicomQuery(self):
+        return self.identifier
+
+    def WorklistIsMatch(self, dicom):
+        return True
+
+
+class WorklistAnswers:
+    def __init__(self):
+        self.answers, self.incomplete = [], False
+
+    def WorklistAddAnswer(self, query, dicom):
+        self.answers.append(pydicom.dcmread(BytesIO(dicom)))
+
+    def WorklistMarkIncomplete(self):
+        self.incomplete = True
+
+
+def identifier(**keys) -> bytes:
+    ds = Dataset()
+    ds.PatientName = ""
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return c_find_identifier(ds)
+
+
+def test_worklist_c_find_is_answered_from_the_scheduled_workitems(wired):
+    fake, _ = wired
+    item = new_workitem(patient_id="WL-1")
+    assert call(fake, "POST", "/ai-orchestrator/workitems", json.dumps([item.to_json_dict()]).encode()).answer[0] == 201
+    answers = WorklistAnswers()
+    fake.worklist(answers, WorklistQuery(identifier(PatientID="WL-1")), "MODALITY", "ORTHANC")
+    [answer] = answers.answers
+    assert answer.PatientID == "WL-1" and answer.ScheduledProcedureStepSequence[0].ScheduledProcedureStepID
+    assert not answers.incomplete
+
+
+def test_a_malformed_worklist_query_raises_to_fail_the_c_find(wired):
+    fake, _ = wired
+    step = Dataset()
+    step.ScheduledProcedureStepStartDate = "2024AB01"
+    with pytest.raises(ValueError, match="ScheduledProcedureStepStartDate"):
+        fake.worklist(WorklistAnswers(), WorklistQuery(identifier(ScheduledProcedureStepSequence=[step])), "M", "O")
+    assert any("refused" in warning for warning in fake.warnings)

@@ -1,4 +1,5 @@
-"""Result publishing: encode, store in Orthanc, Output Information entries, forwarding to modalities."""
+"""Result publishing: encode, store in Orthanc, Output Information entries, forwarding to modalities (and again
+while one is down, sending only what is missing), deleting the study only once every destination took them."""
 
 from __future__ import annotations
 
@@ -12,25 +13,36 @@ from pydicom import Dataset
 
 from ai_orchestrator.modeling.imaging import load_volume
 from ai_orchestrator.modeling.registry import Registry
-from ai_orchestrator.performer.publishing import Forwarding, ResultPublisher
+from ai_orchestrator.performer.publishing import Destination, ForwardError, Forwarding, ResultPublisher
 from ai_orchestrator.performer.timing import StageTimer
 from ai_orchestrator.phantom import make_chest_phantom
 from ai_orchestrator.results.encoding import warm_up_encoders
 
 
 class RecordingGateway:
-    def __init__(self, modalities=None):
-        self.stored, self.posts, self.deleted = [], [], []
+    def __init__(self, modalities=None, down=()):
+        self.stored, self.posts, self.deleted, self.jobs = [], [], [], []
         self.modalities = modalities or {}
+        self.down = set(down)  # modality names whose C-STORE fails
 
     def post_instance(self, dicom: bytes) -> dict:
         self.stored.append(pydicom.dcmread(BytesIO(dicom)))
         return {"ID": f"id-{len(self.stored)}", "ParentStudy": "study-id"}
 
     def post_json(self, uri, body):
-        self.posts.append((uri, body))
+        """A C-STORE job of Orthanc: it fails when the modality is down."""
+        name = uri.split("/")[2]
+        self.jobs.append(name not in self.down)
+        if name not in self.down:
+            self.posts.append((uri, body))
+        return {"ID": f"job-{len(self.jobs)}"}
 
     def get_json(self, uri):
+        if uri.startswith("/jobs/"):
+            if self.jobs[int(uri.rsplit("-", 1)[1]) - 1]:
+                return {"State": "Success"}
+            return {"State": "Failure", "ErrorDescription": "Error in the network protocol",
+                    "ErrorDetails": "DicomAssociation - connecting to AET: TCP Initialization Error: Connection refused"}
         assert uri == "/modalities?expand"
         return self.modalities
 
@@ -63,23 +75,54 @@ def job(model, volume, destinations=()):
 def test_publish_stores_seg_sr_sc_and_lists_each_series(run):
     model, volume, result = run
     gateway = RecordingGateway()
-    outputs = ResultPublisher(gateway, "http://pacs:8042/dicom-web/").publish(job(model, volume), result)
+    publication = ResultPublisher(gateway, "http://pacs:8042/dicom-web/").publish(job(model, volume), result)
+    outputs = publication.outputs
     assert [ds.Modality for ds in gateway.stored] == ["SEG", "SR", "OT"]
     assert [o.series_instance_uid for o in outputs] == [str(ds.SeriesInstanceUID) for ds in gateway.stored]
     study = str(volume.datasets[0].StudyInstanceUID)
     assert all(o.study_instance_uid == study for o in outputs)
     assert outputs[0].retrieve_url == f"http://pacs:8042/dicom-web/studies/{study}/series/{outputs[0].series_instance_uid}"
-    assert gateway.posts == [] and gateway.deleted == []
+    assert publication.forward is None and gateway.posts == [] and gateway.deleted == []
 
 
 def test_forwarding_to_the_configured_modality_and_the_requested_destination(run):
     model, volume, result = run
     gateway = RecordingGateway({"pacs": {"AET": "PACS"}, "viewer": {"AET": "VIEWER"}})
     publisher = ResultPublisher(gateway, "http://x/dicom-web", Forwarding("pacs", delete_study_after=True))
-    publisher.publish(job(model, volume, destinations=["VIEWER"]), result)
+    publication = publisher.publish(job(model, volume, destinations=["VIEWER"]), result)
+    request = publication.forward
+    assert request.destinations == [Destination("pacs", "PACS"), Destination("viewer", "VIEWER")]
+    assert gateway.posts == []  # stored only: forwarding is the next step
+    # the results leave Orthanc: the Output Information names where they are, not a WADO-RS URL here
+    assert all(o.retrieve_ae_titles == ("PACS", "VIEWER") and o.retrieve_url is None for o in publication.outputs)
+    publisher.forward(request)
     assert [uri for uri, _ in gateway.posts] == ["/modalities/pacs/store", "/modalities/viewer/store"]
-    assert gateway.posts[0][1] == {"Resources": ["id-1", "id-2", "id-3"], "Synchronous": True}
-    assert gateway.deleted == ["/studies/study-id"]
+    assert gateway.posts[0][1] == {"Resources": ["id-1", "id-2", "id-3"], "Asynchronous": True}
+    assert publisher.delete_study(request) and gateway.deleted == ["/studies/study-id"]
+
+
+def test_a_destination_that_is_down_fails_the_forward_and_the_retry_sends_only_what_is_missing(run):
+    model, volume, result = run
+    gateway = RecordingGateway({"pacs": {"AET": "PACS"}, "viewer": {"AET": "VIEWER"}}, down={"viewer"})
+    publisher = ResultPublisher(gateway, "http://x/dicom-web", Forwarding("pacs", delete_study_after=True))
+    request = publisher.publish(job(model, volume, destinations=["VIEWER"]), result).forward
+    with pytest.raises(ForwardError, match=r"viewer \(VIEWER\).*network protocol.*Connection refused"):
+        publisher.forward(request)
+    assert request.done == {"pacs"} and request.remaining == [Destination("viewer", "VIEWER")]
+    assert not publisher.delete_study(request) and gateway.deleted == []  # never before every destination took them
+    gateway.down.clear()
+    publisher.forward(request)
+    assert [uri for uri, _ in gateway.posts] == ["/modalities/pacs/store", "/modalities/viewer/store"]
+    assert len(gateway.stored) == 3  # stored once, whatever the retries
+    assert publisher.delete_study(request)
+
+
+def test_a_forward_to_that_names_no_modality_fails_before_anything_is_stored(run):
+    model, volume, result = run
+    gateway = RecordingGateway({"pacs": {"AET": "PACS"}})
+    with pytest.raises(LookupError, match="'nowhere'"):
+        ResultPublisher(gateway, "http://x/dicom-web", Forwarding("nowhere")).publish(job(model, volume), result)
+    assert gateway.stored == []
 
 
 def test_an_unknown_destination_is_an_error_naming_it(run):

@@ -81,6 +81,14 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class QueueSummary:
+    """The SCHEDULED workitems: how many of each priority, and when the oldest was created."""
+
+    by_priority: dict[str, int]
+    oldest_created: datetime | None
+
+
+@dataclass(frozen=True)
 class SearchResult:
     items: list[dict]
     warnings: list[str] = field(default_factory=list)
@@ -314,6 +322,10 @@ class WorkitemService:
 
     def counts_by_state(self) -> dict[str, int]:
         return {state: 0 for state in STATES} | self._store.counts_by_state()
+
+    def scheduled_summary(self) -> QueueSummary:
+        by_priority, oldest = self._store.scheduled_summary()
+        return QueueSummary(by_priority, datetime.fromisoformat(oldest) if oldest else None)
 
     # -- the read-decide-write core ------------------------------------------------------------------
     def _run(self, uid: str, decide: Decision) -> _Change:

@@ -22,7 +22,8 @@ class OutputSeries:
     study_instance_uid: str
     series_instance_uid: str
     instances: tuple[tuple[str, str], ...]  # (SOP Class UID, SOP Instance UID)
-    retrieve_url: str
+    retrieve_url: str | None  # WADO-RS, in this Orthanc; None when the results leave it (DeleteStudyAfterForward)
+    retrieve_ae_titles: tuple[str, ...] = ()  # the destinations they are C-STOREd to
 
 
 def completed_attributes(started: datetime, ended: datetime, algorithm: tuple[str, str, str],
@@ -50,9 +51,12 @@ def _output_item(series: OutputSeries) -> Dataset:
         reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = sop_class_uid, sop_instance_uid
         references.append(reference)
     item.ReferencedSOPSequence = references
-    retrieval = Dataset()
-    retrieval.RetrieveURL = series.retrieve_url
-    item.WADORSRetrievalSequence = [retrieval]
+    if series.retrieve_ae_titles:
+        item.RetrieveAETitle = list(series.retrieve_ae_titles)
+    if series.retrieve_url:
+        retrieval = Dataset()
+        retrieval.RetrieveURL = series.retrieve_url
+        item.WADORSRetrievalSequence = [retrieval]
     return item
 
 

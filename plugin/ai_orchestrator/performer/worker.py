@@ -3,6 +3,13 @@
 It goes through the same WorkitemService (and so the same state machine) as any external engine. A loader
 thread claims, fetches and decodes the next study on the CPU while the single model thread, which owns the
 GPU, runs the current one; a bounded queue between them keeps at most one study waiting in memory.
+
+Results to forward (ForwardTo, the Output Destination Sequence) go to a third thread once stored: it C-STOREs them
+and completes the workitem, and while a destination is down it tries again with a growing pause (from
+``backoff_s``, doubling, at most ``forward_retry_interval_s``), saying so in the workitem's progress description,
+until ``forward_retry_s`` have passed since the first failure; then the workitem is CANCELED with the reason. The
+model is not run again, nor the results stored twice. The study is deleted (DeleteStudyAfterForward) only after
+every destination took its results and no other work on the study is pending.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,13 +29,14 @@ from pydicom.uid import generate_uid
 
 from ..gateway.protocol import OrthancGateway
 from ..manager.service import WorkitemService
-from ..modeling.api import ModelResult, ModelSpec
+from ..modeling.api import ModelSpec
 from ..modeling.imaging import InputError, model_inputs
 from ..store.claims import Claim, ClaimLedger
 from ..ups.clock import utc_now
-from ..ups.constants import CANCELED, COMPLETED, IN_PROGRESS
+from ..ups.constants import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED
 from ..ups.errors import UPSError
 from ..ups.notifications import EventType, WorkitemEvent
+from .forwarding import RetryQueue
 from .inputs import fetch_series, input_series
 from .performed import (
     CANCEL_REQUESTED_REASON,
@@ -36,6 +44,8 @@ from .performed import (
     canceled_attributes,
     completed_attributes,
 )
+from .publishing import ForwardRequest, Publication, ResultPublisher
+from .statistics import RunStatistics
 from .timing import StageTimer
 
 log = logging.getLogger("ai_orchestrator.worker")
@@ -55,6 +65,21 @@ class Job:
     timer: StageTimer = field(default_factory=StageTimer)
     sources: list[Dataset] = field(default_factory=list)  # the input datasets, which results reference
     volume: Any = None  # what model.prepare made of them: its own type, a Volume by default
+
+
+@dataclass
+class PendingForward:
+    """A job whose results are stored in Orthanc and wait for their destinations."""
+
+    job: Job
+    publication: Publication
+    failures: int = 0
+    first_failure: float | None = None  # time.monotonic() of the first failed try
+
+    @property
+    def request(self) -> ForwardRequest:
+        assert self.publication.forward is not None
+        return self.publication.forward
 
 
 class RunContext(dict):
@@ -83,12 +108,16 @@ def _algorithm_code(workitem: Dataset) -> AlgorithmCode | None:
 
 class InferenceWorker:
     def __init__(self, service: WorkitemService, gateway: OrthancGateway, models: Mapping[AlgorithmCode, ModelSpec],
-                 ledger: ClaimLedger, device: torch.device, publish: Callable[[Job, ModelResult], list[OutputSeries]],
+                 ledger: ClaimLedger, device: torch.device, publisher: ResultPublisher,
                  *, max_attempts: int = 3,
-                 loaders: int = 1, idle_poll_s: float = 2.0, backoff_s: float = 2.0):
+                 loaders: int = 1, idle_poll_s: float = 2.0, backoff_s: float = 2.0,
+                 forward_retry_s: float = 86400.0, forward_retry_interval_s: float = 60.0):
         self.service, self.gateway, self.models, self.ledger = service, gateway, dict(models), ledger
-        self.device, self.publish = device, publish
+        self.device, self.publisher = device, publisher
         self.max_attempts, self.loaders, self.idle_poll_s, self.backoff_s = max_attempts, loaders, idle_poll_s, backoff_s
+        self.forward_retry_s, self.forward_retry_interval_s = forward_retry_s, forward_retry_interval_s
+        self.statistics = RunStatistics(model.name for model in self.models.values())
+        self._forwards: RetryQueue[PendingForward] = RetryQueue("ai-forward", self._forward_step)
         self._ready: queue.Queue[Job] = queue.Queue(maxsize=1)
         self._retry: queue.Queue[tuple[float, Claim]] = queue.Queue()
         self._wake = threading.Event()
@@ -113,16 +142,19 @@ class InferenceWorker:
         self._threads.append(threading.Thread(target=self._model_loop, name="ai-model", daemon=True))
         for thread in self._threads:
             thread.start()
+        self._forwards.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Ask the threads to end (a run in progress finishes its current stage); answers whether they ended.
 
-        What was held IN PROGRESS stays in the claim ledger and is recovered at the next start."""
+        What was held IN PROGRESS stays in the claim ledger and is recovered at the next start (a forward that was
+        waiting is run again from the start: its results are stored once more)."""
         self._stop.set()
         self._wake.set()
+        forwards_ended = self._forwards.stop(timeout)
         for thread in self._threads:
             thread.join(timeout)
-        return not any(thread.is_alive() for thread in self._threads)
+        return forwards_ended and not any(thread.is_alive() for thread in self._threads)
 
     def wake(self) -> None:
         """New work may be there: claim now rather than at the next poll."""
@@ -215,12 +247,76 @@ class InferenceWorker:
                     result = job.model.predict(job.volume, self.device, RunContext(self, job))
                 self.checkpoint(job)
                 self.report(job, 80, "writing result series")
-                outputs = self.publish(job, result)
-                self._complete(job, outputs)
+                publication = self.publisher.publish(job, result)
+                self.statistics.succeeded(job.model.name, job.timer.seconds.get("model", 0.0))
+                if publication.forward is None:
+                    self._complete(job, publication.outputs)
+                else:
+                    self.report(job, 90, f"forwarding results to {_names(publication.forward)}")
+                    self._forwards.submit(PendingForward(job, publication))
             except Exception as error:
                 self._failed(job, job.claim, error)
             finally:
                 job.volume, job.sources = None, []
+
+    # forward thread: C-STORE the stored results, complete, delete the study when configured
+    @property
+    def forwards_waiting(self) -> int:
+        return len(self._forwards)
+
+    def metrics(self) -> dict[str, float]:
+        """Runs, failures and inference seconds per model; forwards retried and waiting."""
+        self.statistics.forwards_waiting = self.forwards_waiting
+        return self.statistics.metrics()
+
+    def _forward_step(self, pending: PendingForward) -> float | None:
+        job, request = pending.job, pending.request
+        try:
+            self.checkpoint(job)
+            self.publisher.forward(request)
+        except CancelRequested as error:
+            self._cancel(job.claim, f"{error}; the results are in Orthanc, not forwarded to {_names(request)}",
+                         CANCEL_REQUESTED_REASON)
+            return None
+        except Exception as error:
+            return self._forward_failed(pending, error)
+        self._complete(job, pending.publication.outputs)
+        self._delete_forwarded_study(request)
+        return None
+
+    def _forward_failed(self, pending: PendingForward, error: Exception) -> float | None:
+        now = time.monotonic()
+        pending.failures += 1
+        pending.first_failure = pending.first_failure if pending.first_failure is not None else now
+        waited = now - pending.first_failure
+        if waited >= self.forward_retry_s or self._stop.is_set():
+            log.error("workitem %s: forwarding given up after %d attempt(s): %s", pending.job.claim.uid,
+                      pending.failures, error)
+            self._cancel(pending.job.claim, f"results stored in Orthanc but not forwarded after {pending.failures} "
+                                            f"attempt(s) in {waited:.0f} s: {error}")
+            return None
+        delay = min(self.backoff_s * 2 ** (pending.failures - 1), self.forward_retry_interval_s)
+        self.statistics.forward_retries += 1
+        log.warning("workitem %s: forwarding failed (attempt %d), trying again in %.0f s: %s", pending.job.claim.uid,
+                    pending.failures, delay, error)
+        self.report(pending.job, 90, f"results stored; forwarding to {_names(pending.request)} failed "
+                                     f"(attempt {pending.failures}), trying again in {delay:.0f} s. "
+                                     f"Reason: {error}")
+        return delay
+
+    def _delete_forwarded_study(self, request: ForwardRequest) -> None:
+        """DeleteStudyAfterForward: only when no other work on the study is pending (the last one deletes it)."""
+        if not self.publisher.forwarding.delete_study_after:
+            return
+        pending = self.service.find(study_instance_uid=request.study_instance_uid, states=[SCHEDULED, IN_PROGRESS])
+        if pending:
+            log.info("study %s kept after forwarding: %d workitem(s) of it still pending",
+                     request.study_instance_uid, len(pending))
+            return
+        try:
+            self.publisher.delete_study(request)
+        except Exception:
+            log.warning("deleting study %s after forwarding failed", request.study_instance_uid, exc_info=True)
 
     def _complete(self, job: Job, outputs: list[OutputSeries]) -> None:
         code = job.workitem.ScheduledWorkitemCodeSequence[0]
@@ -249,8 +345,12 @@ class InferenceWorker:
 
     def _failed(self, job: Job | None, claim: Claim, error: Exception) -> None:
         if isinstance(error, CancelRequested):
+            if job is not None:
+                self.statistics.ended(job.model.name)
             self._cancel(claim, str(error), CANCEL_REQUESTED_REASON)
             return
+        if job is not None:
+            self.statistics.failed(job.model.name)
         attempts = (self.ledger.get(claim.uid) or claim).attempts
         retryable = not isinstance(error, InputError)  # bad pixel data will not get better by trying again
         log.warning("workitem %s failed (attempt %d of %d): %s", claim.uid, attempts, self.max_attempts, error,
@@ -269,3 +369,7 @@ class InferenceWorker:
             log.error("could not cancel %s: %s", claim.uid, error)
         self.ledger.release(claim.uid)
         self._cancel_requested.discard(claim.uid)
+
+
+def _names(request: ForwardRequest) -> str:
+    return ", ".join(f"{d.modality} ({d.ae_title})" for d in request.remaining) or "no destination"

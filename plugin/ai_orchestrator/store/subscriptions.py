@@ -134,6 +134,12 @@ class SubscriptionStore:
                     (ae_title, ae_title, up_to_id))
                 conn.execute("DELETE FROM subscriber_events WHERE ae_title = ? AND id <= ?", (ae_title, up_to_id))
 
+    def totals(self) -> tuple[int, int]:
+        """(subscribers: AE titles holding a subscription, event reports kept and not yet delivered)."""
+        conn = self._store.reading()
+        subscribers = conn.execute("SELECT COUNT(DISTINCT ae_title) FROM subscriptions").fetchone()[0]
+        return subscribers, conn.execute("SELECT COUNT(*) FROM subscriber_events").fetchone()[0]
+
     def pending_count(self, ae_title: str) -> int:
         return self._store.reading().execute(
             "SELECT COUNT(*) FROM subscriber_events WHERE ae_title = ?", (ae_title,)).fetchone()[0]

@@ -273,6 +273,14 @@ class WorkitemStore:
     def counts_by_state(self) -> dict[str, int]:
         return dict(self._connection().execute("SELECT state, n FROM state_counts WHERE n > 0"))
 
+    def scheduled_summary(self) -> tuple[dict[str, int], str | None]:
+        """SCHEDULED workitems: how many of each priority, and when the oldest was created (its created_at)."""
+        rows = self._connection().execute(
+            "SELECT priority, COUNT(*), MIN(created_at) FROM workitems WHERE state = 'SCHEDULED' GROUP BY priority"
+        ).fetchall()
+        created = [row[2] for row in rows if row[2]]
+        return {str(row[0]): row[1] for row in rows}, min(created) if created else None
+
     # -- writes --------------------------------------------------------------------------------------------
     def insert_many(self, rows: Iterable[WorkitemRow], batch: int = 5000) -> int:
         """Bulk insert (benchmarks, imports): one transaction per ``batch`` rows."""
