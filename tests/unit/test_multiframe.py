@@ -234,3 +234,22 @@ def test_a_compressed_multiframe_instance_loads_the_same(phantom, single):
     assert np.array_equal(volume.hu, single.hu)
     frame = volume.frame_numbers[5]
     assert np.array_equal(frame_values(ds, frame), single.hu[5])
+
+
+def test_a_tilted_gantry_multiframe_is_handled_like_a_tilted_series(phantom, single, model):
+    """Frames shifted within their plane in step with their depth (15 degrees): the volume keeps the stored voxels,
+    its affine the true step, and the SEG frames still lie on the source frames they name."""
+    ds = legacy_converted(phantom.datasets)
+    shift = np.tan(np.radians(15))
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        x, y, z = (float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient)
+        item.PlanePositionSequence[0].ImagePositionPatient = [x, round(y + shift * z, 4), z]
+    volume = load_volume([ds])
+    assert volume.tilt_degrees == pytest.approx(15, abs=0.01)
+    assert np.array_equal(volume.hu, single.hu) and volume.spacing == pytest.approx(single.spacing)
+    assert np.allclose(volume.affine[:3] @ [3, 0, 0, 1], frame_position(ds, volume.frame_numbers[3]))
+    seg = encode(model.predict(volume, torch.device("cpu"), {}), list(volume.datasets), model)[0]
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        frame = int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        assert np.allclose([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+                           frame_position(ds, frame))
