@@ -43,7 +43,10 @@ def non_uniform_spacing(datasets: list[Dataset]) -> None:
 
 
 def mixed_orientations(datasets: list[Dataset]) -> None:
-    datasets[5].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    """Two axial orientations, 10 degrees apart, in one series (a series that is not axial is no model's input)."""
+    tilt = math.radians(10)
+    for ds in datasets[5:8]:
+        ds.ImageOrientationPatient = [1, 0, 0, 0, math.cos(tilt), -math.sin(tilt)]
 
 
 def scattered_positions(datasets: list[Dataset]) -> None:
@@ -60,7 +63,8 @@ def gantry_tilt(datasets: list[Dataset]) -> None:
 FAULTS: dict[str, tuple[Callable[[list[Dataset]], None], str]] = {
     "missing-slices": (missing_slices, "2 slice(s) missing"),
     "non-uniform-spacing": (non_uniform_spacing, "the spacing is not uniform"),
-    "mixed-orientations": (mixed_orientations, "mixed orientations"),
+    "mixed-orientations": (mixed_orientations, "mixed orientations: the instances do not share one "
+                                               "ImageOrientationPatient (21 axial [1, 0, 0, 0, 1, 0], 3 axial"),
     "scattered-positions": (scattered_positions, "the slice positions do not lie on one line"),
 }
 

@@ -150,7 +150,7 @@ def _shear(relative: np.ndarray, depth: np.ndarray, directions: np.ndarray, pixe
     tolerance = IN_PLANE_TOLERANCE * pixel_mm
     if np.abs(in_plane).max() <= tolerance:
         return None
-    shear = (depth @ in_plane) / float(depth @ depth)  # least squares through the first origin
+    shear = np.median(in_plane[1:] / depth[1:, None], axis=0)  # robust: one shifted slice does not bend the line
     off_line = np.linalg.norm(in_plane - depth[:, None] * shear, axis=1)
     if off_line.max() > tolerance:
         worst = np.argsort(off_line)[::-1][:_LISTED]
