@@ -245,11 +245,11 @@ class Worklist:
     def _start(self, item: Mapping[str, Any]) -> datetime | None:
         """The scheduled start in the worklist's time zone (a DT without offset is taken as UTC, as search does)."""
         text = _first(item, ("ScheduledProcedureStepStartDateTime",))
-        try:
-            moment = DT(text) if text else None
-        except ValueError:
+        if not text:
             return None
-        if moment is None:
+        try:
+            moment = DT(text)
+        except ValueError:
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
