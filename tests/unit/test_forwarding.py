@@ -31,7 +31,7 @@ class Publisher:
         self.down, self.forwarded, self.deleted = down, 0, []
         self.forwarding = Forwarding("pacs", delete_study_after=delete_after)
 
-    def forward(self, request: ForwardRequest) -> None:
+    def forward(self, request: ForwardRequest, keep_going=lambda: True) -> None:
         if self.down:
             self.down -= 1
             raise ForwardError(PACS, OrthancError("POST /modalities/pacs/store: Orthanc error 9 DICOM networking"))
@@ -170,3 +170,13 @@ def test_run_statistics_per_model_as_metrics():
     assert metrics['ai_orchestrator_inference_seconds_last{model="ct-chest-quant"}'] == 0.5
     assert metrics['ai_orchestrator_inference_seconds_total{model="ct-chest-quant"}'] == 2.0
     assert metrics['ai_orchestrator_model_runs_total{model="learned-lungs"}'] == 0  # listed from the start
+
+
+def test_stopping_while_a_forward_waits_leaves_the_workitem_to_recovery(service, ledger):
+    study = generate_uid()
+    worker = worker_for(service, ledger, Publisher(down=5))
+    job = claimed(service, ledger, study)
+    worker._stop.set()
+    assert worker._forward_step(pending(job, study)) is None
+    assert value(service.retrieve(job.claim.uid), "00741000") == "IN PROGRESS"  # not canceled
+    assert ledger.get(job.claim.uid) is not None  # run again at the next start

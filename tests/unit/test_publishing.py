@@ -21,7 +21,8 @@ from ai_orchestrator.results.encoding import warm_up_encoders
 
 class RecordingGateway:
     def __init__(self, modalities=None, down=()):
-        self.stored, self.posts, self.deleted, self.jobs = [], [], [], []
+        self.stored, self.posts, self.deleted, self.jobs, self.canceled = [], [], [], [], []
+        self.running = False  # C-STORE jobs that never end
         self.modalities = modalities or {}
         self.down = set(down)  # modality names whose C-STORE fails
 
@@ -31,6 +32,9 @@ class RecordingGateway:
 
     def post_json(self, uri, body):
         """A C-STORE job of Orthanc: it fails when the modality is down."""
+        if uri.endswith("/cancel"):
+            self.canceled.append(uri)
+            return {}
         name = uri.split("/")[2]
         self.jobs.append(name not in self.down)
         if name not in self.down:
@@ -39,6 +43,8 @@ class RecordingGateway:
 
     def get_json(self, uri):
         if uri.startswith("/jobs/"):
+            if self.running:
+                return {"State": "Running"}
             if self.jobs[int(uri.rsplit("-", 1)[1]) - 1]:
                 return {"State": "Success"}
             return {"State": "Failure", "ErrorDescription": "Error in the network protocol",
@@ -115,6 +121,17 @@ def test_a_destination_that_is_down_fails_the_forward_and_the_retry_sends_only_w
     assert [uri for uri, _ in gateway.posts] == ["/modalities/pacs/store", "/modalities/viewer/store"]
     assert len(gateway.stored) == 3  # stored once, whatever the retries
     assert publisher.delete_study(request)
+
+
+def test_a_c_store_job_that_does_not_end_is_canceled_when_stopping(run):
+    model, volume, result = run
+    gateway = RecordingGateway({"pacs": {"AET": "PACS"}})
+    publisher = ResultPublisher(gateway, "http://x/dicom-web", Forwarding("pacs"), job_poll_s=0.001)
+    request = publisher.publish(job(model, volume), result).forward
+    gateway.running = True
+    with pytest.raises(ForwardError, match="stopped while the C-STORE job ran"):
+        publisher.forward(request, keep_going=lambda: False)
+    assert gateway.canceled == ["/jobs/job-1/cancel"] and request.done == set()
 
 
 def test_a_forward_to_that_names_no_modality_fails_before_anything_is_stored(run):

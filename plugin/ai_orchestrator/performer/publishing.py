@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,18 +102,18 @@ class ResultPublisher:
         return Publication(outputs, ForwardRequest([answer["ID"] for answer in stored], stored[0]["ParentStudy"],
                                                    study_uid, destinations))
 
-    def forward(self, request: ForwardRequest) -> None:
+    def forward(self, request: ForwardRequest, keep_going: Callable[[], bool] = lambda: True) -> None:
         """C-STORE the results to each destination that has not taken them yet; raises ForwardError at the first
-        that fails (those before it are remembered as done)."""
+        that fails (those before it are remembered as done). ``keep_going() == False`` stops waiting for a job."""
         for destination in request.remaining:
             try:
-                self._store(destination, request.instance_ids)
+                self._store(destination, request.instance_ids, keep_going)
             except Exception as error:
                 raise ForwardError(destination, error) from error
             request.done.add(destination.modality)
             log.info("forwarded %d result instance(s) to %s", len(request.instance_ids), destination.modality)
 
-    def _store(self, destination: Destination, instance_ids: list[str]) -> None:
+    def _store(self, destination: Destination, instance_ids: list[str], keep_going: Callable[[], bool]) -> None:
         """One C-STORE job of Orthanc, followed until it ends. Asynchronous rather than a synchronous call: the
         wait is spent outside Orthanc's API (a slow destination does not hold the embedded interpreter), and a
         failed job says why (Orthanc's ErrorDetails: "connection refused"...)."""
@@ -127,9 +128,10 @@ class ResultPublisher:
             if state == "Failure":
                 details = info.get("ErrorDetails") or ""
                 raise RuntimeError(f"{info.get('ErrorDescription', 'failed')}{': ' + details if details else ''}")
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or not keep_going():
                 self.gateway.post_json(f"/jobs/{job['ID']}/cancel", {})
-                raise TimeoutError(f"the C-STORE job was still {state} after {self.job_timeout_s:.0f} s")
+                raise TimeoutError(f"the C-STORE job was still {state} after {self.job_timeout_s:.0f} s"
+                                   if keep_going() else "stopped while the C-STORE job ran")
             time.sleep(self.job_poll_s)
 
     def delete_study(self, request: ForwardRequest) -> bool:

@@ -273,7 +273,7 @@ class InferenceWorker:
         job, request = pending.job, pending.request
         try:
             self.checkpoint(job)
-            self.publisher.forward(request)
+            self.publisher.forward(request, keep_going=lambda: not self._stop.is_set())
         except CancelRequested as error:
             self._cancel(job.claim, f"{error}; the results are in Orthanc, not forwarded to {_names(request)}",
                          CANCEL_REQUESTED_REASON)
@@ -289,7 +289,10 @@ class InferenceWorker:
         pending.failures += 1
         pending.first_failure = pending.first_failure if pending.first_failure is not None else now
         waited = now - pending.first_failure
-        if waited >= self.forward_retry_s or self._stop.is_set():
+        if self._stop.is_set():  # left IN PROGRESS in the claim ledger: run again at the next start
+            log.warning("workitem %s: stopping while its results wait to be forwarded", pending.job.claim.uid)
+            return None
+        if waited >= self.forward_retry_s:
             log.error("workitem %s: forwarding given up after %d attempt(s): %s", pending.job.claim.uid,
                       pending.failures, error)
             self._cancel(pending.job.claim, f"results stored in Orthanc but not forwarded after {pending.failures} "
