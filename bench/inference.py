@@ -6,6 +6,11 @@
 and the ratio b/a, with the performer's own stage breakdown. Targets (CPU): orchestrator overhead, i.e. b minus the
 model and encode stages, under 1 s per 100 slices; b/a under 1.5.
 
+(c) the plugin's API latency while (b) runs against idle: another thread GETs a workitems search every 20 ms. An
+``orthanc.*`` call of the performer (reading the inputs, storing the results) holds the GIL unless the Python plugin
+releases it ("Python": {"AllowThreads": true}, plugin 4.3+); compare with
+``ORTHANC_SETTINGS='{"Python": {"AllowThreads": false}}'``.
+
     .venv/bin/python bench/inference.py [--slices 100] [--rows 512] [--runs 3]
 """
 
@@ -16,15 +21,19 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pydicom
 import torch
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_DIR), str(REPO_DIR / "plugin")]
 
+from ai_orchestrator.gateway.http_gateway import ORTHANC_CONNECTION_LIMITS
 from ai_orchestrator.modeling.device import resolve_device
 from ai_orchestrator.modeling.imaging import model_inputs
 from ai_orchestrator.modeling.registry import Registry
@@ -48,6 +57,40 @@ def bare_pipeline(paths: list[Path], model, device: torch.device) -> dict[str, f
     with timer.stage("encode"):
         [to_bytes(ds) for ds in encode(result, volume.datasets, model)]
     return timer.as_dict()
+
+
+class LatencyProbe:
+    """GETs one plugin route every ``interval_s`` from its own thread and connection; latencies in ms."""
+
+    PATH = "/ai-orchestrator/workitems?limit=10&includefield=00741000"
+
+    def __init__(self, base_url: str, interval_s: float = 0.02):
+        self.base_url, self.interval_s, self.samples = base_url, interval_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="latency-probe", daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=60, limits=ORTHANC_CONNECTION_LIMITS) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                client.get(self.PATH).raise_for_status()
+                self.samples.append((time.perf_counter() - started) * 1000)
+                self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> LatencyProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def percentiles(samples: list[float]) -> str:
+    if len(samples) < 2:
+        return "no samples"
+    cuts = statistics.quantiles(samples, n=100)
+    return f"p50 {cuts[49]:6.1f} ms  p95 {cuts[94]:6.1f} ms  max {max(samples):6.1f} ms  ({len(samples)} requests)"
 
 
 def _dt(text: str) -> datetime:
@@ -91,14 +134,25 @@ def main() -> int:
           f"threads {torch.get_num_threads()}, phantom {args.slices} x {args.rows} x {args.rows}")
 
     bare_runs, e2e_runs = [], []
+    idle_latency: list[float] = []
+    busy_latency: list[float] = []
     with OrthancServer(work / "orthanc", stable_age=1,
                        extra_env={"AI_ORCHESTRATOR_MODELS_DIR": str(models_dir)}) as server:
+        system = server.client.get("/ai-orchestrator/system").json()
+        print(f"Orthanc {system['OrthancVersion']}, Python {system['PythonVersion']}, "
+              f"capabilities {system.get('Capabilities')}")
         for run in range(args.runs + 1):  # the first run warms up; (a) and (b) alternate so both see the same machine
             patient = f"BENCH{run}"
             phantom = make_chest_phantom(work / f"phantom{run}", slices=args.slices, rows=args.rows, seed=run,
                                          patient_id=patient)
             bare = bare_pipeline(phantom.paths, model, device)
-            total, stages = end_to_end(server, phantom.datasets, patient)
+            with LatencyProbe(server.base_url) as idle:
+                time.sleep(3)
+            with LatencyProbe(server.base_url) as busy:
+                total, stages = end_to_end(server, phantom.datasets, patient)
+            if run:
+                idle_latency += idle.samples
+                busy_latency += busy.samples
             print(f"  run {run}{' (warm-up)' if not run else ''}: bare {sum(bare.values()):.3f} s {bare}; "
                   f"in Orthanc {total:.3f} s {stages}")
             if run:
@@ -128,6 +182,9 @@ def main() -> int:
     print(f"\nratio b/a = {e2e_total / bare_total:.2f} (target < 1.5)")
     print(f"orchestrator overhead (b - model - encode) = {overhead:.3f} s, {per_100:.3f} s per 100 slices "
           f"(target < 1 s)")
+    print(f"\nAPI latency, GET {LatencyProbe.PATH}")
+    print(f"  idle:             {percentiles(idle_latency)}")
+    print(f"  during inference: {percentiles(busy_latency)}")
     return 0
 
 
