@@ -156,6 +156,9 @@ class ModelSpec:
     prepare: PrepareFn | None = None  # None: the series as a Volume (modeling.imaging.load_volume)
     choose_series: ChooseFn | None = None  # among the matching series, the inputs; None: thinnest_series
     description: str = ""
+    # seconds one run (decode, prepare, predict, encode) may take in the model host before it is killed and the
+    # attempt fails; None: the plugin's ModelTimeoutSeconds
+    timeout_s: float | None = None
     family: Code = codes.DCM.ArtificialIntelligence  # Algorithm Family (CID 7162) in SEG/SR provenance
     procedure: Code = codes.SCT.ImagingProcedure  # Procedure Reported of the SR measurement report
     _patterns: Mapping[str, re.Pattern[str]] = field(init=False, repr=False, compare=False)
@@ -179,6 +182,9 @@ class ModelSpec:
             raise ModelSpecError("choose_series must be callable or None")
         if isinstance(self.min_instances, bool) or not isinstance(self.min_instances, int) or self.min_instances < 1:
             raise ModelSpecError("min_instances must be a whole number >= 1")
+        timeout = self.timeout_s
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0):
+            raise ModelSpecError("timeout_s must be a number of seconds > 0, or None")
         object.__setattr__(self, "_patterns", _compile_selection(self.applies_to))
 
     def matches(self, series: Mapping[str, Any]) -> bool:
