@@ -12,6 +12,7 @@ import logging
 import platform
 import re
 from collections.abc import Callable
+from operator import attrgetter
 from urllib.parse import quote, urlsplit
 
 import torch
@@ -21,6 +22,7 @@ from .background import PeriodicTask
 from .capabilities import Capabilities
 from .config import Settings
 from .gateway.protocol import OrthancGateway
+from .http import openapi
 from .http.messages import Request, Response
 from .http.own_port import Access, OwnPortServer
 from .http.studies import StudiesApi
@@ -60,6 +62,17 @@ def _method_not_allowed(allowed: str) -> Response:
 
 
 class Orchestrator:
+    # REST routes under /ai-orchestrator: (path pattern, handler attribute). The OpenAPI description names each.
+    ROUTES: tuple[tuple[str, str], ...] = (
+        (r"^/system/?$", "_system"),
+        (r"^/openapi\.json$", "_openapi"),
+        (r"^/workitems(/.*)?$", "workitems.handle"),
+        (r"^/models/?$", "_models"),
+        (r"^/studies/(?P<study>[^/]+)/run/?$", "_run"),
+        (r"^/studies/(?P<study>[^/]+)/workitems/?$", "studies.workitems"),  # the Explorer panel
+        (r"^/studies/(?P<study>[^/]+)/models/?$", "studies.models"),
+    )
+
     def __init__(self, settings: Settings, gateway: OrthancGateway,
                  orthanc_version: Callable[[], str] = lambda: "unknown",
                  capabilities: Capabilities | None = None):
@@ -115,14 +128,7 @@ class Orchestrator:
             log.warning("this Orthanc has no labels (Orthanc 1.12 and later): studies are not labelled with "
                         "their AI state")
         self.studies = StudiesApi(gateway, self.registry, self.service, str(self.device))
-        self._routes: list[tuple[re.Pattern[str], Callable[..., Response]]] = [
-            (re.compile(r"^/system/?$"), self._system),
-            (re.compile(r"^/workitems(/.*)?$"), self.workitems.handle),
-            (re.compile(r"^/models/?$"), self._models),
-            (re.compile(r"^/studies/(?P<study>[^/]+)/run/?$"), self._run),
-            (re.compile(r"^/studies/(?P<study>[^/]+)/workitems/?$"), self.studies.workitems),  # the Explorer panel
-            (re.compile(r"^/studies/(?P<study>[^/]+)/models/?$"), self.studies.models),
-        ]
+        self._routes = [(re.compile(pattern), attrgetter(handler)(self)) for pattern, handler in self.ROUTES]
 
     # REST
     def handle(self, request: Request) -> Response:
@@ -131,6 +137,11 @@ class Orchestrator:
             if match:
                 return handler(request, **match.groupdict())
         return Response.error(404, f"no such route: {request.method} /ai-orchestrator{request.path}")
+
+    def _openapi(self, request: Request) -> Response:
+        if request.method != "GET":
+            return _method_not_allowed("GET")
+        return Response.json(openapi.description(self.settings.events_port))
 
     def _system(self, request: Request) -> Response:
         if request.method != "GET":
@@ -158,12 +169,14 @@ class Orchestrator:
         if request.method != "POST":
             return _method_not_allowed("POST")
         try:
-            body = json.loads(request.body or b"{}")
+            body = json.loads(request.body.decode("utf-8") or "{}")
             model_name = body.get("model") if isinstance(body, dict) else None
+            if model_name is not None and not isinstance(model_name, str):
+                return Response.error(400, f'"model" must be a model name (a string), not {model_name!r}')
             uid = schedule_run(self.gateway, self.registry, self.service, study, model_name,
                                dicomweb_base=self.settings.dicomweb_url)
-        except json.JSONDecodeError as error:
-            return Response.error(400, f"the body is not JSON: {error}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return Response.error(400, f"the body is not JSON in UTF-8: {error}")
         except ManualRunError as error:
             return Response.error(error.status, str(error))
         if self.worker:

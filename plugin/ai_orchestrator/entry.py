@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from orthanc_ext import event_dispatcher
 
@@ -154,6 +155,13 @@ def _write(output: Any, response: Response) -> None:
         _send_http_status(output, response.status, response.body)
 
 
+def _decoded(text: str) -> str:
+    """A GET argument as the client meant it. Orthanc 1.10 hands plugins the arguments still percent-encoded
+    (``PatientID=AB%2A`` arrives as ``AB%2A``), later releases decode them; decoding what holds no escape changes
+    nothing, so one rule serves both (a decoded value that still spells an escape, ``%41``, is the one casualty)."""
+    return unquote(text) if "%" in text else text
+
+
 def _to_request(uri: str, request: dict) -> Request:
     headers = {name.lower(): value for name, value in request.get("headers", {}).items()}
     host = headers.get("host", "localhost")
@@ -161,7 +169,7 @@ def _to_request(uri: str, request: dict) -> Request:
     return Request(
         method=request["method"],
         path=uri[len(ROOT):] or "/",
-        query=request.get("get", {}),
+        query={_decoded(name): _decoded(value) for name, value in request.get("get", {}).items()},
         headers=headers,
         body=body.encode() if isinstance(body, str) else body,
         base_url=f"http://{host}{ROOT}",

@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 from ..store.subscriptions import PendingReport, SubscriptionStore
 from ..ups.errors import UPSError
 from ..ups.events import check_ae_title, with_message_id
+from . import openapi
 from .messages import Request, Response
 
 log = logging.getLogger("ai_orchestrator.own_port")
@@ -149,7 +150,8 @@ class OwnPortServer:
         self._stop = asyncio.Event()
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._authenticate])
         app.router.add_get("/ws/subscribers/{ae_title}", self._channel)
-        app.router.add_route("*", "/{tail:.*}", self._http)
+        app.router.add_get("/openapi.json", self._openapi)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._http)  # any path, newlines included
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
@@ -172,7 +174,17 @@ class OwnPortServer:
         if not self._access.allows(request.headers.get("Authorization")):
             return web.json_response({"error": "authentication required"}, status=401,
                                      headers={"WWW-Authenticate": 'Basic realm="Orthanc AI Orchestrator"'})
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPException as error:  # aiohttp's own refusals answer like the API's: a JSON error
+            if error.status < 400:
+                raise
+            return web.json_response({"error": f"{error.reason}: {request.method} {request.path}"},
+                                     status=error.status, headers={k: v for k, v in error.headers.items()
+                                                                   if k.lower() == "allow"})
+
+    async def _openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(openapi.description(self._port))
 
     async def _http(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()

@@ -139,7 +139,9 @@ class WorkitemsApi:
         """``Warning: 299 {service}: {text}``, several joined with ", " in one header."""
         if warnings:
             text = ", ".join(f"299 {self._service_name}: {w}" for w in warnings)
-            response.headers["Warning"] = " ".join(text.encode("ascii", "replace").decode().split())
+            # A header is printable ASCII: a message quoting a client's path or value may hold anything else.
+            printable = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+            response.headers["Warning"] = printable
         return response
 
 
