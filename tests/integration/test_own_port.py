@@ -223,3 +223,15 @@ def test_with_authentication_on_anonymous_requests_are_refused_on_http_and_webso
                                headers=DICOM_JSON).status_code == 201
             [report] = frames(channel, lambda got: len(got) >= 1)
             assert event_type(report) == EventType.STATE_REPORT and subject(report) == uid
+
+
+def test_percent_encoded_query_values_match_alike_on_both_front_doors(orthanc, port):
+    patient = f"PCT^{generate_uid()[-6:]}"
+    uid = generate_uid()
+    assert port.post("/workitems", content=json_of(new_workitem(uid, patient_id=patient, label="external-engine")),
+                     headers=DICOM_JSON).status_code == 201
+    encoded = patient[:-2].replace("^", "%5E") + "%2A"  # PCT^12345* as a client encodes it
+    for client, url in ((orthanc.client, f"{ROOT}/workitems?PatientID={encoded}"),
+                        (port, f"/workitems?PatientID={encoded}")):
+        found = client.get(url)
+        assert found.status_code == 200 and [value(item, "00080018") for item in found.json()] == [uid], url
