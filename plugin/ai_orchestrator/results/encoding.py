@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from io import BytesIO
 
 import pydicom
@@ -36,6 +37,31 @@ def to_bytes(dataset: Dataset) -> bytes:
     buffer = BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class EncodedObject:
+    """One result object as Part 10 bytes, with the UIDs the workitem's Output Information names: what the model
+    host hands back to the plugin, which stores the bytes as they are."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    dicom: bytes
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> EncodedObject:
+        return cls(str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID), str(dataset.SOPClassUID),
+                   str(dataset.SOPInstanceUID), to_bytes(dataset))
+
+    def uids(self) -> dict[str, str]:
+        return {"study": self.study_instance_uid, "series": self.series_instance_uid,
+                "sop_class": self.sop_class_uid, "sop_instance": self.sop_instance_uid}
+
+    @classmethod
+    def from_uids(cls, uids: dict[str, str], dicom: bytes) -> EncodedObject:
+        return cls(uids["study"], uids["series"], uids["sop_class"], uids["sop_instance"], dicom)
 
 
 def warm_up_encoders() -> list[Dataset]:

@@ -1,0 +1,129 @@
+"""The wire between the plugin and its model host: messages on a Unix socket pair, no HTTP, no pickling.
+
+A message is a JSON header and binary parts: the input instances' bytes one way, the results' Part 10 bytes the
+other. On the socket: the header's length (4 bytes, big-endian), the header (UTF-8 JSON, with ``parts``: the
+sizes of the parts), then the parts' bytes one after the other. The kernel copies the bytes once each way; the
+plugin's thread waits in ``select`` with the GIL released.
+
+Plugin to host: ``run`` (job, model, the instances as parts), ``cancel`` (job), ``stop``.
+Host to plugin: ``ready`` (pid, device, versions, each model's status), ``progress`` (job, percent, text),
+``done`` (job, stage timings, the result objects' UIDs, their bytes as parts), ``failed`` (job, kind, message).
+
+This module is shared by both sides, so it imports nothing that talks to Orthanc.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import struct
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+_LENGTH = struct.Struct("!I")
+MAX_HEADER_BYTES = 64 * 2**20
+_CHUNK = 2**22  # bytes per recv_into call
+
+# what the host sends back for a failed run: a cancel request, and bad input that no retry will mend
+CANCELED_KIND = "CancelRequested"
+
+
+class ChannelClosed(ConnectionError):
+    """The other end closed the channel (the host or the plugin is gone)."""
+
+
+class CancelRequested(Exception):
+    """A cancel request arrived for the workitem being run."""
+
+
+@dataclass
+class Message:
+    header: dict[str, Any]
+    parts: list[bytearray] = field(default_factory=list)
+
+    @property
+    def op(self) -> str:
+        return str(self.header.get("op", ""))
+
+
+class Channel:
+    """One end of the socket pair. ``send`` may be called from several threads; ``receive`` from one at a time."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        sock.setblocking(True)
+        self._send_lock = threading.Lock()
+
+    def send(self, header: dict[str, Any], parts: Sequence[bytes | bytearray | memoryview] = ()) -> None:
+        head = json.dumps({**header, "parts": [len(part) for part in parts]}).encode()
+        try:
+            with self._send_lock:
+                self.sock.sendall(_LENGTH.pack(len(head)) + head)
+                for part in parts:
+                    self.sock.sendall(part)
+        except OSError as error:  # EPIPE, ECONNRESET: the other end is gone
+            raise ChannelClosed(f"the channel is closed: {error}") from error
+
+    def ready(self, timeout: float) -> bool:
+        """Whether a message (or the end of the channel) can be read within ``timeout`` seconds."""
+        readable, _, _ = select.select([self.sock], [], [], max(timeout, 0.0))
+        return bool(readable)
+
+    def receive(self, timeout: float | None = None) -> Message | None:
+        """The next message; None when none began within ``timeout`` seconds (None: wait as long as it takes).
+        Once a message has begun it is read to its end. ChannelClosed at the end of the channel."""
+        if timeout is not None and not self.ready(timeout):
+            return None
+        (size,) = _LENGTH.unpack(self._read(_LENGTH.size))
+        if size > MAX_HEADER_BYTES:
+            raise ChannelClosed(f"a message header of {size} bytes: the channel is out of step")
+        header = json.loads(bytes(self._read(size)))
+        sizes = header.pop("parts", [])
+        return Message(header, [self._read(int(n)) for n in sizes])
+
+    def _read(self, size: int) -> bytearray:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            try:
+                count = self.sock.recv_into(view[got:], min(size - got, _CHUNK))
+            except OSError as error:
+                raise ChannelClosed(f"the channel is closed: {error}") from error
+            if count == 0:
+                raise ChannelClosed("the other end closed the channel")
+            got += count
+        return buffer
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+_SIGNAL_HINTS = {
+    signal.SIGABRT: "an abort, e.g. a failed assertion in native code or os.abort()",
+    signal.SIGSEGV: "a crash in native code",
+    signal.SIGBUS: "a crash in native code",
+    signal.SIGFPE: "a crash in native code",
+    signal.SIGILL: "a crash in native code",
+    signal.SIGKILL: "killed from outside, e.g. by the kernel's out-of-memory killer",
+}
+
+
+def describe_exit(returncode: int) -> str:
+    """How a process ended, in words: ``died of SIGABRT (signal 6: an abort...)`` or ``exited with code 3``."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    number = -returncode
+    try:
+        known = signal.Signals(number)
+    except ValueError:
+        return f"died of signal {number}"
+    hint = _SIGNAL_HINTS.get(known)
+    return f"died of {known.name} (signal {number}{': ' + hint if hint else ''})"

@@ -1,0 +1,235 @@
+"""The model host: where models run, in a child process of the plugin (the venv's Python, not Orthanc's embedded
+interpreter), or in a thread of the plugin for debugging (``ModelHost: "thread"``), the same code either way.
+
+It loads the models once from the models directory (its own registry, so whatever a model module loads is loaded
+here), warms them up, says ``ready``, then runs one job at a time: parse the input instances the plugin read from
+Orthanc, prepare them (a Volume by default), predict, encode the SEG / SR / SC the model declares, and hand back
+their Part 10 bytes. Progress reports go to the plugin as they happen; a cancel request from the plugin is seen by
+the run's next checkpoint. It imports nothing that talks to Orthanc: the plugin reads the inputs and stores the
+results.
+
+    python -m ai_orchestrator.performer.host_child --fd N --models-dir DIR [--device auto] [--no-warm-up]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import faulthandler
+import logging
+import os
+import platform
+import queue
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import torch
+from pydicom import Dataset
+
+from ..modeling.api import ModelSpec
+from ..modeling.device import resolve_device
+from ..modeling.imaging import InputError, model_inputs
+from ..modeling.registry import Registry
+from ..results.encoding import EncodedObject, encode, warm_up_encoders
+from .host_channel import CANCELED_KIND, CancelRequested, Channel, ChannelClosed, Message
+from .timing import StageTimer
+
+log = logging.getLogger("ai_orchestrator.host")
+
+WARM_UP_SLICES = 12  # the warm-up phantom: enough images for min_instances of the built-in models
+WARM_UP_ROWS = 512  # the usual CT matrix, so the first study meets warm kernels and buffers
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    models_dir: Path
+    device: str = "auto"
+    warm_up: bool = True
+    registry: Registry | None = None  # thread mode: the plugin's own, loaded once; None: loaded here
+
+
+class HostRunContext(dict):
+    """What ``predict`` gets as its third argument (``modeling.api.RunContext``): stage timing, progress reports
+    (sent to the plugin) and cancel checkpoints (a cancel request the plugin sent). A mapping with the same keys."""
+
+    def __init__(self, timer: StageTimer, progress: Callable[[float, str], None] = lambda _p, _t: None,
+                 canceled: Callable[[], bool] = lambda: False):
+        self.timer, self.stage = timer, timer.stage
+        self._progress, self._canceled = progress, canceled
+        super().__init__(stage=self.stage, progress=self.progress, checkpoint=self.checkpoint, timer=self.timer)
+
+    def progress(self, percent: float, description: str) -> None:
+        self._progress(percent, description)
+
+    def checkpoint(self) -> None:
+        if self._canceled():
+            raise CancelRequested("canceled on request while running")
+
+
+def run_model(model: ModelSpec, blobs: list[bytearray] | list[bytes], device: torch.device,
+              context: HostRunContext) -> list[EncodedObject]:
+    """One run: the instances' bytes in, the result objects' bytes out. ``blobs`` is emptied as it is parsed."""
+    timer = context.timer
+    with timer.stage("decode"):
+        datasets = [pydicom.dcmread(BytesIO(blobs.pop(0))) for _ in range(len(blobs))]
+        volume = model_inputs(model, datasets)
+        sources: Sequence[Dataset] = list(getattr(volume, "datasets", datasets))  # in slice order when sorted
+    context.checkpoint()
+    context.progress(30, f"running {model.name} {model.version} on {device}")
+    with timer.stage("model"):
+        result = model.predict(volume, device, context)
+    context.checkpoint()
+    context.progress(80, "writing result series")
+    with timer.stage("encode"):
+        return [EncodedObject.of(dataset) for dataset in encode(result, sources, model)]
+
+
+class Host:
+    """The host's side of the channel: a reader thread takes jobs and cancel requests, the calling thread runs."""
+
+    def __init__(self, channel: Channel, options: HostOptions, on_closed: Callable[[], None]):
+        self.channel, self.options, self.on_closed = channel, options, on_closed
+        self._jobs: queue.Queue[Message | None] = queue.Queue()
+        self._canceled: set[str] = set()
+        self._reader = threading.Thread(target=self._read, name="ai-host-reader", daemon=True)
+
+    def serve(self) -> None:
+        self._reader.start()
+        started = time.perf_counter()
+        registry = self.options.registry or Registry.load(self.options.models_dir)
+        device = resolve_device(self.options.device)
+        loaded = time.perf_counter() - started
+        warm_up_s = warm_up(registry, device) if self.options.warm_up else 0.0
+        self.channel.send({
+            "op": "ready", "pid": os.getpid(), "device": str(device), "python": platform.python_version(),
+            "torch": torch.__version__, "load_s": round(loaded, 3), "warm_up_s": round(warm_up_s, 3),
+            "models": {entry.name: {"status": entry.status, "error": entry.error} for entry in registry.entries},
+        })
+        log.info("model host ready on %s: models loaded in %.1f s, warmed up in %.1f s", device, loaded, warm_up_s)
+        while (message := self._jobs.get()) is not None:
+            header, parts = self._run(message, registry, device)
+            message.parts = []
+            self.channel.send(header, parts)
+            _trim_memory()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self.channel.receive()
+            except ChannelClosed:
+                message = None
+            if message is None or message.op == "stop":
+                self._jobs.put(None)
+                if message is None:
+                    self.on_closed()  # the plugin is gone: a process host ends here, whatever it was doing
+                return
+            if message.op == "cancel":
+                self._canceled.add(str(message.header.get("job")))
+            elif message.op == "run":
+                self._jobs.put(message)
+
+    def _run(self, message: Message, registry: Registry, device: torch.device) -> tuple[dict, list[bytes]]:
+        job = str(message.header.get("job"))
+        name = str(message.header.get("model"))
+        timer = StageTimer()
+
+        def progress(percent: float, text: str) -> None:
+            self.channel.send({"op": "progress", "job": job, "percent": percent, "text": text})
+
+        try:
+            model = registry.get(name)
+            if model is None:
+                entry = next((e for e in registry.entries if e.name == name), None)
+                raise LookupError(f"the model host has no model {name!r}"
+                                  + (f": it failed to load there: {entry.error}" if entry and entry.error else ""))
+            objects = run_model(model, message.parts, device,
+                                HostRunContext(timer, progress, lambda: job in self._canceled))
+        except CancelRequested as error:
+            return {"op": "failed", "job": job, "kind": CANCELED_KIND, "message": str(error),
+                    "timer": timer.seconds}, []
+        except Exception as error:
+            log.warning("job %s (%s) failed: %s: %s", job, name, type(error).__name__, error,
+                        exc_info=not isinstance(error, (InputError, LookupError)))
+            return {"op": "failed", "job": job, "kind": type(error).__name__, "message": str(error),
+                    "input_error": isinstance(error, InputError), "timer": timer.seconds}, []
+        finally:
+            self._canceled.discard(job)
+        return ({"op": "done", "job": job, "timer": timer.seconds, "objects": [o.uids() for o in objects]},
+                [o.dicom for o in objects])
+
+
+def warm_up(registry: Registry, device: torch.device) -> float:
+    """Run each model that takes a chest CT once on a small phantom, and the encoders, before the first study:
+    imports, torch's first calls and highdicom's tables are paid here. Best effort: a failure is logged."""
+    from ..phantom import make_chest_phantom  # only needed here
+    from ..results.encoding import to_bytes
+
+    started = time.perf_counter()
+    try:
+        warm_up_encoders()
+        phantom = make_chest_phantom(slices=WARM_UP_SLICES, rows=WARM_UP_ROWS, patient_id="WARM-UP")
+        blobs = [to_bytes(dataset) for dataset in phantom.datasets]
+    except Exception:
+        log.warning("warming up the encoders failed: the first study will be slower", exc_info=True)
+        return time.perf_counter() - started
+    series = _series_description(phantom.datasets)
+    for model in registry.models:
+        try:
+            if not model.matches(series):
+                continue
+            run_model(model, list(blobs), device, HostRunContext(StageTimer()))
+        except Exception as error:
+            log.warning("warming up %s failed (its first study will be slower): %s", model.name, error)
+    _trim_memory()
+    return time.perf_counter() - started
+
+
+def _series_description(datasets: Sequence[Dataset]) -> dict[str, Any]:
+    """The phantom series as ``ModelSpec.matches`` sees a series (``modeling.api``)."""
+    first = datasets[0]
+    return {
+        "Modality": str(first.Modality), "BodyPartExamined": str(first.get("BodyPartExamined", "")),
+        "SeriesDescription": str(first.get("SeriesDescription", "")), "SeriesNumber": first.get("SeriesNumber"),
+        "SeriesInstanceUID": str(first.SeriesInstanceUID), "SOPClassUID": str(first.SOPClassUID),
+        "instances": [str(ds.SOPInstanceUID) for ds in datasets], "frames": len(datasets),
+        "ImageType": list(first.get("ImageType", [])), "SliceThickness": first.get("SliceThickness"),
+        "slice_spacing": None, "orientations": [list(map(float, first.ImageOrientationPatient))],
+    }
+
+
+def _trim_memory() -> None:
+    """Give the freed heap back to the system, so the resident memory the plugin watches is what is in use."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ai_orchestrator.performer.host_child", description=__doc__)
+    parser.add_argument("--fd", type=int, required=True, help="this end of the socket pair")
+    parser.add_argument("--models-dir", type=Path, required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-warm-up", action="store_true")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(asctime)s ai-model-host[%(process)d] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ai_orchestrator").setLevel(logging.INFO)
+    faulthandler.enable()  # a crash in native code prints the Python stack of every thread into Orthanc's log
+    os.set_inheritable(args.fd, False)  # a model's own subprocesses must not hold the channel open
+    channel = Channel(socket.socket(fileno=args.fd))
+    Host(channel, HostOptions(args.models_dir, args.device, not args.no_warm_up),
+         on_closed=lambda: os._exit(0)).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
