@@ -34,6 +34,7 @@ from .manager.service import WorkitemService
 from .manager.subscriptions import SubscriptionService
 from .modeling.device import resolve_device
 from .modeling.registry import Registry
+from .performer.host import HostSettings, ModelHost
 from .performer.publishing import Forwarding, ResultPublisher
 from .performer.worker import InferenceWorker
 from .requester.intake import (
@@ -45,7 +46,6 @@ from .requester.intake import (
 from .requester.labels import StudyLabels
 from .requester.manual_run import ManualRunError, schedule_run
 from .requester.matching import default_matcher
-from .results.encoding import warm_up_encoders
 from .store.claims import ClaimLedger
 from .store.subscriptions import SubscriptionStore
 from .store.workitems import WorkitemStore
@@ -98,21 +98,18 @@ class Orchestrator:
         self.ledger = ClaimLedger(settings.data_dir / "performer.sqlite")
         publisher = ResultPublisher(gateway, settings.dicomweb_url,
                                     Forwarding(settings.forward_to, settings.delete_study_after_forward))
+        self.hosts = self._model_hosts(settings) if settings.workers and self.registry.models else []
         self.worker = InferenceWorker(
             self.service, gateway,
             {(m.algorithm.value, m.algorithm.scheme_designator): m for m in self.registry.models},
             self.ledger, self.device, publisher,
             max_attempts=settings.max_attempts, loaders=settings.workers, forward_retry_s=settings.forward_retry_s,
-            forward_retry_interval_s=settings.forward_retry_interval_s) if settings.workers else None
+            forward_retry_interval_s=settings.forward_retry_interval_s,
+            hosts=self.hosts, model_timeout_s=settings.model_timeout_s) if settings.workers else None
         self.worklist = Worklist(self.service, WorklistSettings(
             settings.worklist_filter_issuer_aet, settings.dicom_aet,
             frozenset(self.worker.models) if self.worker else frozenset()))
         self._metrics_task: PeriodicTask | None = None
-        if self.worker and self.registry.models:
-            try:
-                warm_up_encoders()
-            except Exception:  # all it costs is a slower first study
-                log.warning("warming up the result encoders failed", exc_info=True)
         self._intake_task = PeriodicTask("ai-intake", self._intake_step, INTAKE_POLL_S)
         self._housekeeping_task = PeriodicTask("ai-housekeeping", self._housekeeping_step,
                                                settings.housekeeping_interval_s)
@@ -156,6 +153,7 @@ class Orchestrator:
             "ModelsDirectory": str(self.settings.models_dir),
             "Workitems": self.service.counts_by_state(),
             "RecentRuns": self.worker.completed_runs[-10:] if self.worker else [],
+            "ModelHosts": [host.describe() for host in self.hosts],
             "OrchestratorPort": {"Port": self.settings.events_port, "Error": self.own_port_error},
             "Capabilities": self.capabilities.describe(),
         })
@@ -163,7 +161,23 @@ class Orchestrator:
     def _models(self, request: Request) -> Response:
         if request.method != "GET":
             return _method_not_allowed("GET")
-        return Response.json([{**entry, "device": str(self.device)} for entry in self.registry.describe()])
+        timeouts = {model.name: model.timeout_s or self.settings.model_timeout_s for model in self.registry.models}
+        return Response.json([{**entry, "device": str(self.device), "timeout_s": timeouts.get(entry["name"]),
+                               "hosts": [host.describe_model(entry["name"]) for host in self.hosts]}
+                              for entry in self.registry.describe()])
+
+    def _model_hosts(self, settings: Settings) -> list[ModelHost]:
+        """The model hosts: ModelHosts of them on a CPU, one on a GPU (it owns the device)."""
+        count = settings.model_hosts
+        if self.device.type != "cpu" and count > 1:
+            log.warning("ModelHosts is %d, but %s is one device: one model host owns it", count, self.device)
+            count = 1
+        host_settings = HostSettings(
+            settings.models_dir, str(self.device), mode=settings.model_host, python=settings.host_python,
+            timeout_s=settings.model_timeout_s, memory_limit_mb=settings.host_memory_limit_mb,
+            start_timeout_s=settings.host_start_timeout_s,
+            registry=self.registry if settings.model_host == "thread" else None)
+        return [ModelHost(host_settings, f"model-host-{n + 1}") for n in range(count)]
 
     def _run(self, request: Request, study: str) -> Response:
         if request.method != "POST":
@@ -270,4 +284,5 @@ class Orchestrator:
         capabilities = ", ".join(name for name, on in self.capabilities.describe().items() if on is True) or "none"
         return (f"plugin {__version__}, device {self.device}, data {self.settings.data_dir}, "
                 f"models: {models}, in-process workers: {self.settings.workers}, "
+                f"model hosts: {len(self.hosts)} ({self.settings.model_host}), "
                 f"Orthanc capabilities used: {capabilities}")

@@ -38,6 +38,12 @@ class Settings:
     metrics_interval_s: int = 10  # how often the metrics are published to Orthanc
     forward_retry_s: int = 86400  # how long forwarding to a destination that is down is tried again
     forward_retry_interval_s: int = 60  # the longest pause between two tries
+    model_host: str = "process"  # where models run: "process" (a supervised child), "thread" (debugging only)
+    model_hosts: int = 1  # model hosts (each a process and a model thread) on a CPU; one on a GPU
+    host_python: str | None = None  # the Python a host runs; None: the venv's ($AI_ORCHESTRATOR_VENV/bin/python)
+    model_timeout_s: int = 600  # a run's timeout in the host when the model declares none (ModelSpec.timeout_s)
+    host_memory_limit_mb: int = 0  # resident memory of one host before it is killed; 0: no limit of ours
+    host_start_timeout_s: int = 300  # loading the models and warming them up
 
     @property
     def store_path(self) -> Path:
@@ -82,6 +88,12 @@ class Settings:
             metrics_interval_s=_int(section, "MetricsIntervalSeconds", 10, minimum=1),
             forward_retry_s=_int(section, "ForwardRetrySeconds", 86400),
             forward_retry_interval_s=_int(section, "ForwardRetryIntervalSeconds", 60, minimum=1),
+            model_host=_choice(section, "ModelHost", ("process", "thread")),
+            model_hosts=_int(section, "ModelHosts", 1, minimum=1),
+            host_python=str(section["HostPython"]) if section.get("HostPython") else None,
+            model_timeout_s=_int(section, "ModelTimeoutSeconds", 600, minimum=1),
+            host_memory_limit_mb=_int(section, "HostMemoryLimitMB", 0),
+            host_start_timeout_s=_int(section, "HostStartTimeoutSeconds", 300, minimum=1),
         )
 
 
@@ -101,3 +113,10 @@ def _int(section: Mapping[str, Any], name: str, default: int, minimum: int = 0) 
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f'"AiOrchestrator.{name}" must be a whole number >= {minimum}, not {value!r}')
     return value
+
+
+def _choice(section: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str:
+    value = section.get(name, choices[0])
+    if value not in choices:
+        raise ConfigError(f'"AiOrchestrator.{name}" must be one of {", ".join(map(repr, choices))}, not {value!r}')
+    return str(value)

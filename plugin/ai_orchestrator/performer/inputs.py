@@ -1,11 +1,9 @@
-"""Reading a workitem's input instances from Orthanc, in-process."""
+"""Reading a workitem's input instances from Orthanc, in-process (the model host parses and decodes them)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from io import BytesIO
 
-import pydicom
 from pydicom import Dataset
 
 from ..gateway.protocol import OrthancGateway, ResourceNotFound
@@ -39,8 +37,9 @@ def input_series(dataset: Dataset) -> list[InputSeries]:
     return sorted(found, key=lambda series: len(series.sop_instance_uids), reverse=True)
 
 
-def fetch_series(gateway: OrthancGateway, series: InputSeries, timer: StageTimer) -> list[Dataset]:
-    """The series' input instances as pydicom datasets (only those the workitem references, if it lists any)."""
+def fetch_instances(gateway: OrthancGateway, series: InputSeries, timer: StageTimer) -> list[bytes]:
+    """The series' input instances as Orthanc stores them (Part 10 bytes; only those the workitem references, if
+    it lists any): what the model host parses and decodes."""
     with timer.stage("fetch"):
         series_id = orthanc_id_of_series(series.patient_id, series.study_instance_uid, series.series_instance_uid)
         try:
@@ -53,6 +52,4 @@ def fetch_series(gateway: OrthancGateway, series: InputSeries, timer: StageTimer
         if wanted and len(ids) < len(wanted):
             raise InputMissing(f"{len(wanted) - len(ids)} input instance(s) of series "
                                f"{series.series_instance_uid} are not in Orthanc")
-        blobs = [gateway.get_instance_dicom(instance_id) for instance_id in ids]
-    with timer.stage("decode"):
-        return [pydicom.dcmread(BytesIO(blob)) for blob in blobs]
+        return [gateway.get_instance_dicom(instance_id) for instance_id in ids]

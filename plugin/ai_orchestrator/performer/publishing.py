@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,7 +19,7 @@ from pydicom import Dataset
 
 from ..gateway.protocol import OrthancGateway
 from ..modeling.api import ModelResult, ModelSpec
-from ..results.encoding import encode, to_bytes
+from ..results.encoding import EncodedObject, encode
 from .performed import OutputSeries
 from .timing import StageTimer
 
@@ -67,13 +67,18 @@ class Publication:
     forward: ForwardRequest | None = None  # None: nothing to forward
 
 
-class PublishedJob(Protocol):
-    """What publishing reads of a run (the worker's Job)."""
+class StoredJob(Protocol):
+    """What storing reads of a run (the worker's Job)."""
 
     workitem: Dataset
+    timer: StageTimer
+
+
+class PublishedJob(StoredJob, Protocol):
+    """What encoding and storing read of a run."""
+
     model: ModelSpec
     sources: list[Dataset]
-    timer: StageTimer
 
 
 class ResultPublisher:
@@ -83,22 +88,26 @@ class ResultPublisher:
         self.job_poll_s, self.job_timeout_s = job_poll_s, job_timeout_s
 
     def publish(self, job: PublishedJob, result: ModelResult) -> Publication:
-        """Encode and store in Orthanc; answers the series for Output Information and what is left to forward.
+        """Encode (here, in this process) and store: see :meth:`store`."""
+        with job.timer.stage("encode"):
+            objects = [EncodedObject.of(dataset) for dataset in encode(result, job.sources, job.model)]
+        return self.store(job, objects)
+
+    def store(self, job: StoredJob, objects: Sequence[EncodedObject]) -> Publication:
+        """Store the encoded results (the model host's) in Orthanc; answers the series for Output Information and
+        what is left to forward.
 
         Destinations are resolved first: a workitem naming an unknown one (or a ForwardTo naming no Orthanc
         modality) fails before anything is stored.
         """
         destinations = self.destinations(job.workitem)
-        with job.timer.stage("encode"):
-            objects = encode(result, job.sources, job.model)
-            blobs = [to_bytes(dataset) for dataset in objects]
         with job.timer.stage("store"):
-            stored = [self.gateway.post_instance(blob) for blob in blobs]
+            stored = [self.gateway.post_instance(obj.dicom) for obj in objects]
         leaves_orthanc = bool(destinations) and self.forwarding.delete_study_after
-        outputs = [self._output(dataset, destinations, leaves_orthanc) for dataset in objects]
+        outputs = [self._output(obj, destinations, leaves_orthanc) for obj in objects]
         if not destinations or not stored:
             return Publication(outputs)
-        study_uid = str(objects[0].StudyInstanceUID)
+        study_uid = objects[0].study_instance_uid
         return Publication(outputs, ForwardRequest([answer["ID"] for answer in stored], stored[0]["ParentStudy"],
                                                    study_uid, destinations))
 
@@ -142,9 +151,9 @@ class ResultPublisher:
         log.info("deleted study %s from Orthanc: its results are forwarded", request.study_instance_uid)
         return True
 
-    def _output(self, dataset: Dataset, destinations: list[Destination], leaves_orthanc: bool) -> OutputSeries:
-        study, series = str(dataset.StudyInstanceUID), str(dataset.SeriesInstanceUID)
-        return OutputSeries(study, series, ((str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)),),
+    def _output(self, obj: EncodedObject, destinations: list[Destination], leaves_orthanc: bool) -> OutputSeries:
+        study, series = obj.study_instance_uid, obj.series_instance_uid
+        return OutputSeries(study, series, ((obj.sop_class_uid, obj.sop_instance_uid),),
                             None if leaves_orthanc else f"{self.dicomweb_url}/studies/{study}/series/{series}",
                             tuple(destination.ae_title for destination in destinations))
 

@@ -1,8 +1,10 @@
 """The in-process Task Performer: claims workitems of local models, runs them, completes or cancels them.
 
 It goes through the same WorkitemService (and so the same state machine) as any external engine. A loader
-thread claims, fetches and decodes the next study on the CPU while the single model thread, which owns the
-GPU, runs the current one; a bounded queue between them keeps at most one study waiting in memory.
+thread claims the next workitem and reads its input instances from Orthanc while a model thread per model host
+(``host``: a child process that owns the GPU, decodes, predicts and encodes) runs the current one and stores its
+results; a bounded queue between them keeps at most one study waiting in memory. When a host dies, times out or
+passes its memory limit, the attempt fails with that reason and is retried like any other failure.
 
 Results to forward (ForwardTo, the Output Destination Sequence) go to a third thread once stored: it C-STOREs them
 and completes the workitem, and while a destination is down it tries again with a growing pause (from
@@ -18,10 +20,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import torch
 from pydicom import Dataset
@@ -30,14 +31,17 @@ from pydicom.uid import generate_uid
 from ..gateway.protocol import OrthancGateway
 from ..manager.service import WorkitemService
 from ..modeling.api import ModelSpec
-from ..modeling.imaging import InputError, model_inputs
+from ..modeling.imaging import InputError
+from ..results.encoding import EncodedObject
 from ..store.claims import Claim, ClaimLedger
 from ..ups.clock import utc_now
 from ..ups.constants import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED
 from ..ups.errors import UPSError
 from ..ups.notifications import EventType, WorkitemEvent
 from .forwarding import RetryQueue
-from .inputs import fetch_series, input_series
+from .host import HostError, HostStopped, ModelHost
+from .host_channel import CancelRequested
+from .inputs import fetch_instances, input_series
 from .performed import (
     CANCEL_REQUESTED_REASON,
     OutputSeries,
@@ -52,10 +56,6 @@ log = logging.getLogger("ai_orchestrator.worker")
 AlgorithmCode = tuple[str, str]  # (CodeValue, CodingSchemeDesignator)
 
 
-class CancelRequested(Exception):
-    """A cancel request arrived for the workitem being run."""
-
-
 @dataclass
 class Job:
     claim: Claim
@@ -63,8 +63,7 @@ class Job:
     model: ModelSpec
     started: datetime
     timer: StageTimer = field(default_factory=StageTimer)
-    sources: list[Dataset] = field(default_factory=list)  # the input datasets, which results reference
-    volume: Any = None  # what model.prepare made of them: its own type, a Volume by default
+    blobs: list[bytes] = field(default_factory=list)  # the input instances as Orthanc stores them
 
 
 @dataclass
@@ -82,25 +81,6 @@ class PendingForward:
         return self.publication.forward
 
 
-class RunContext(dict):
-    """Handed to ``model.predict``: stage timing, progress reports and cancel checkpoints.
-
-    A mapping (``context["stage"]``...) as the registry's PredictFn declares, with the same as attributes.
-    """
-
-    def __init__(self, worker: InferenceWorker, job: Job):
-        self._worker, self._job = worker, job
-        self.timer = job.timer
-        self.stage = job.timer.stage
-        super().__init__(stage=self.stage, progress=self.progress, checkpoint=self.checkpoint, timer=self.timer)
-
-    def progress(self, percent: float, description: str) -> None:
-        self._worker.report(self._job, percent, description)
-
-    def checkpoint(self) -> None:
-        self._worker.checkpoint(self._job)
-
-
 def _algorithm_code(workitem: Dataset) -> AlgorithmCode | None:
     codes = workitem.get("ScheduledWorkitemCodeSequence") or []
     return (str(codes[0].CodeValue), str(codes[0].CodingSchemeDesignator)) if codes else None
@@ -111,9 +91,11 @@ class InferenceWorker:
                  ledger: ClaimLedger, device: torch.device, publisher: ResultPublisher,
                  *, max_attempts: int = 3,
                  loaders: int = 1, idle_poll_s: float = 2.0, backoff_s: float = 2.0,
-                 forward_retry_s: float = 86400.0, forward_retry_interval_s: float = 60.0):
+                 forward_retry_s: float = 86400.0, forward_retry_interval_s: float = 60.0,
+                 hosts: Sequence[ModelHost] = (), model_timeout_s: float = 600.0):
         self.service, self.gateway, self.models, self.ledger = service, gateway, dict(models), ledger
         self.device, self.publisher = device, publisher
+        self.hosts, self.model_timeout_s = list(hosts), model_timeout_s  # one model thread per host
         self.max_attempts, self.loaders, self.idle_poll_s, self.backoff_s = max_attempts, loaders, idle_poll_s, backoff_s
         self.forward_retry_s, self.forward_retry_interval_s = forward_retry_s, forward_retry_interval_s
         self.statistics = RunStatistics(model.name for model in self.models.values())
@@ -139,7 +121,10 @@ class InferenceWorker:
         self.recover()
         self._threads = [threading.Thread(target=self._loader_loop, name=f"ai-loader-{n}", daemon=True)
                          for n in range(self.loaders)]
-        self._threads.append(threading.Thread(target=self._model_loop, name="ai-model", daemon=True))
+        self._threads += [threading.Thread(target=self._model_loop, args=(host,), name=f"ai-model-{n + 1}", daemon=True)
+                          for n, host in enumerate(self.hosts)]
+        for host in self.hosts:
+            host.start()
         for thread in self._threads:
             thread.start()
         self._forwards.start()
@@ -151,10 +136,11 @@ class InferenceWorker:
         waiting is run again from the start: its results are stored once more)."""
         self._stop.set()
         self._wake.set()
+        hosts_ended = all([host.stop() for host in self.hosts])  # a run in progress is abandoned, not failed
         forwards_ended = self._forwards.stop(timeout)
         for thread in self._threads:
             thread.join(timeout)
-        return forwards_ended and not any(thread.is_alive() for thread in self._threads)
+        return hosts_ended and forwards_ended and not any(thread.is_alive() for thread in self._threads)
 
     def wake(self) -> None:
         """New work may be there: claim now rather than at the next poll."""
@@ -224,30 +210,24 @@ class InferenceWorker:
             series = input_series(workitem)
             if not series:
                 raise ValueError("the workitem has no Input Information Sequence")
-            job.sources = fetch_series(self.gateway, series[0], job.timer)
+            job.blobs = fetch_instances(self.gateway, series[0], job.timer)
             self.checkpoint(job)
-            with job.timer.stage("decode"):
-                job.volume = model_inputs(model, job.sources)
-                job.sources = list(getattr(job.volume, "datasets", job.sources))  # in slice order when sorted
             return job
         except Exception as error:
             self._failed(job, claim, error)
             return None
 
-    # model thread: predict + encode + store + complete
-    def _model_loop(self) -> None:
+    # model thread: the host decodes, predicts and encodes; store + complete
+    def _model_loop(self, host: ModelHost) -> None:
         while not self._stop.is_set():
             try:
                 job = self._ready.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:
-                self.report(job, 30, f"running {job.model.name} {job.model.version} on {self.device}")
-                with job.timer.stage("model"):
-                    result = job.model.predict(job.volume, self.device, RunContext(self, job))
+                objects = self._run_on(host, job)
                 self.checkpoint(job)
-                self.report(job, 80, "writing result series")
-                publication = self.publisher.publish(job, result)
+                publication = self.publisher.store(job, objects)
                 self.statistics.succeeded(job.model.name, job.timer.seconds.get("model", 0.0))
                 if publication.forward is None:
                     self._complete(job, publication.outputs)
@@ -257,7 +237,21 @@ class InferenceWorker:
             except Exception as error:
                 self._failed(job, job.claim, error)
             finally:
-                job.volume, job.sources = None, []
+                job.blobs = []
+
+    def _run_on(self, host: ModelHost, job: Job) -> list[EncodedObject]:
+        """The model host decodes, predicts and encodes; the job's timer gets the host's stages, and "host" the
+        rest of the wait (the hand-over both ways)."""
+        with job.timer.stage("host"):
+            outcome = host.run(job.model.name, job.blobs, timeout_s=job.model.timeout_s or self.model_timeout_s,
+                               label=f"{job.model.name} {job.model.version}",
+                               progress=lambda percent, text: self.report(job, percent, text),
+                               cancel_requested=lambda: job.claim.uid in self._cancel_requested)
+        job.blobs = []
+        for stage, seconds in outcome.seconds.items():
+            job.timer.seconds[stage] = job.timer.seconds.get(stage, 0.0) + seconds
+            job.timer.seconds["host"] -= seconds
+        return outcome.objects
 
     # forward thread: C-STORE the stored results, complete, delete the study when configured
     @property
@@ -347,6 +341,9 @@ class InferenceWorker:
             raise CancelRequested("canceled on request while running")
 
     def _failed(self, job: Job | None, claim: Claim, error: Exception) -> None:
+        if isinstance(error, HostStopped):  # left IN PROGRESS in the claim ledger: run again at the next start
+            log.warning("workitem %s: %s", claim.uid, error)
+            return
         if isinstance(error, CancelRequested):
             if job is not None:
                 self.statistics.ended(job.model.name)
@@ -357,12 +354,13 @@ class InferenceWorker:
         attempts = (self.ledger.get(claim.uid) or claim).attempts
         retryable = not isinstance(error, InputError)  # bad pixel data will not get better by trying again
         log.warning("workitem %s failed (attempt %d of %d): %s", claim.uid, attempts, self.max_attempts, error,
-                    exc_info=not isinstance(error, (ValueError, LookupError)))
+                    exc_info=not isinstance(error, (ValueError, LookupError, HostError)))
         if retryable and attempts < self.max_attempts and not self._stop.is_set():
             self._retry.put((time.monotonic() + self.backoff_s * 2 ** (attempts - 1), claim))
             self._wake.set()
             return
-        self._cancel(claim, f"failed after {attempts} attempt(s): {type(error).__name__}: {error}")
+        kind = error.kind if isinstance(error, HostError) else type(error).__name__  # the model's own, or none
+        self._cancel(claim, f"failed after {attempts} attempt(s): {kind + ': ' if kind else ''}{error}")
 
     def _cancel(self, claim: Claim, reason: str, code: tuple[str, str, str] | None = None) -> None:
         try:
