@@ -295,8 +295,7 @@ class ModelHost:
                 self._check_memory(child, f"while running {label}")
                 if time.monotonic() > deadline:
                     self._kill(child)
-                    reason = (f"{label} timed out after {timeout:g} s; the model host (pid {child.pid}) was killed "
-                              f"and starts again")
+                    reason = f"{label} timed out after {timeout:g} s; the model host (pid {child.pid}) was killed"
                     self._ended(reason)
                     raise ModelTimedOut(reason)
                 if not cancel_sent and cancel_requested():

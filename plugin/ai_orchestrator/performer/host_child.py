@@ -175,16 +175,20 @@ def warm_up(registry: Registry, device: torch.device) -> float:
     started = time.perf_counter()
     try:
         warm_up_encoders()
-        phantom = make_chest_phantom(slices=WARM_UP_SLICES, rows=WARM_UP_ROWS, patient_id="WARM-UP")
-        blobs = [to_bytes(dataset) for dataset in phantom.datasets]
+        # which models take the phantom: asked of a tiny one with the same tags, before the real one is drawn
+        series = _series_description(make_chest_phantom(slices=2, rows=32, patient_id="WARM-UP").datasets,
+                                     WARM_UP_SLICES)
     except Exception:
         log.warning("warming up the encoders failed: the first study will be slower", exc_info=True)
         return time.perf_counter() - started
-    series = _series_description(phantom.datasets)
+    blobs: list[bytes] = []
     for model in registry.models:
         try:
             if not model.matches(series):
                 continue
+            if not blobs:
+                phantom = make_chest_phantom(slices=WARM_UP_SLICES, rows=WARM_UP_ROWS, patient_id="WARM-UP")
+                blobs = [to_bytes(dataset) for dataset in phantom.datasets]
             run_model(model, list(blobs), device, HostRunContext(StageTimer()))
         except Exception as error:
             log.warning("warming up %s failed (its first study will be slower): %s", model.name, error)
@@ -192,14 +196,14 @@ def warm_up(registry: Registry, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def _series_description(datasets: Sequence[Dataset]) -> dict[str, Any]:
-    """The phantom series as ``ModelSpec.matches`` sees a series (``modeling.api``)."""
+def _series_description(datasets: Sequence[Dataset], images: int) -> dict[str, Any]:
+    """The phantom series, of ``images`` images, as ``ModelSpec.matches`` sees a series (``modeling.api``)."""
     first = datasets[0]
     return {
         "Modality": str(first.Modality), "BodyPartExamined": str(first.get("BodyPartExamined", "")),
         "SeriesDescription": str(first.get("SeriesDescription", "")), "SeriesNumber": first.get("SeriesNumber"),
         "SeriesInstanceUID": str(first.SeriesInstanceUID), "SOPClassUID": str(first.SOPClassUID),
-        "instances": [str(ds.SOPInstanceUID) for ds in datasets], "frames": len(datasets),
+        "instances": [f"{first.SOPInstanceUID}.{n}" for n in range(images)], "frames": images,
         "ImageType": list(first.get("ImageType", [])), "SliceThickness": first.get("SliceThickness"),
         "slice_spacing": None, "orientations": [list(map(float, first.ImageOrientationPatient))],
     }

@@ -1,0 +1,156 @@
+"""The model host without Orthanc: the channel, a real host process (this venv's Python) running the test models of
+``tests/models``, and the same host code in a thread."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from ai_orchestrator.config import ConfigError, Settings
+from ai_orchestrator.modeling.api import ModelSpec, ModelSpecError
+from ai_orchestrator.modeling.registry import Registry
+from ai_orchestrator.performer.host import (
+    HostDied,
+    HostOutOfMemory,
+    HostSettings,
+    ModelHost,
+    ModelRunError,
+    ModelTimedOut,
+    host_python,
+)
+from ai_orchestrator.performer.host_channel import CancelRequested, Channel, ChannelClosed, describe_exit
+from tests.integration.studies import instances, to_bytes
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def mr_blobs(count: int = 2) -> list[bytes]:
+    return [to_bytes(ds) for ds in instances("MR_small.dcm", count=count, patient_id="HOST",
+                                             study_uid=generate_uid())]
+
+
+def test_channel_carries_a_header_and_binary_parts_both_ways():
+    left, right = (Channel(end) for end in socket.socketpair())
+    big = bytes(range(256)) * 40_000  # 10 MB: more than the socket buffers, so the reader must keep up
+    sender = threading.Thread(target=left.send, args=({"op": "run", "job": "1"}, [b"", big, b"x"]))
+    sender.start()
+    message = right.receive(timeout=5)
+    sender.join()
+    assert message.op == "run" and message.header == {"op": "run", "job": "1"}
+    assert [bytes(part) for part in message.parts] == [b"", big, b"x"]
+    assert right.receive(timeout=0.05) is None  # nothing more
+    left.close()
+    with pytest.raises(ChannelClosed):
+        right.receive(timeout=1)
+
+
+def test_exits_are_described_by_signal_name_or_code():
+    assert describe_exit(-signal.SIGABRT).startswith("died of SIGABRT (signal 6")
+    assert describe_exit(-signal.SIGKILL).startswith("died of SIGKILL (signal 9: killed from outside")
+    assert describe_exit(3) == "exited with code 3"
+
+
+def test_the_host_runs_the_venvs_python():
+    assert Path(host_python()).name.startswith("python")
+    assert host_python("/opt/python") == "/opt/python"
+
+
+@pytest.fixture(scope="module")
+def host():
+    host = ModelHost(HostSettings(MODELS_DIR, "cpu", memory_limit_mb=1000, warm_up=False))
+    host.start()
+    yield host
+    assert host.stop()
+
+
+def test_a_run_answers_the_encoded_results_with_progress_and_timings(host):
+    reports = []
+    outcome = host.run("quick", mr_blobs(3), progress=lambda percent, text: reports.append((percent, text)))
+    [sr] = outcome.objects
+    assert sr.dicom[128:132] == b"DICM" and sr.sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.88.")
+    assert (50.0, "counting") in reports and reports[0][0] == 30
+    assert set(outcome.seconds) == {"decode", "model", "encode"}
+    state = host.describe()
+    assert state["State"] == "ready" and state["Pid"] and state["Device"] == "cpu"
+    assert state["ResidentMemoryMB"] > 50 and state["MemoryLimitMB"] == 1000
+
+
+def test_errors_raised_in_the_host_come_back_with_their_class_name(host):
+    with pytest.raises(ModelRunError, match="has no model 'nope'") as error:
+        host.run("nope", mr_blobs(1))
+    assert error.value.kind == "LookupError"
+    with pytest.raises(ModelRunError) as error:
+        host.run("quick", [b"not DICOM at all"])
+    assert error.value.kind == "InvalidDicomError"
+    assert host.describe()["State"] == "ready"  # the host itself is fine
+
+
+def test_a_cancel_request_reaches_the_models_checkpoint(host):
+    asked = threading.Event()
+    with pytest.raises(CancelRequested):
+        host.run("slow", mr_blobs(1), progress=lambda _p, _t: asked.set(), cancel_requested=asked.is_set)
+
+
+def test_a_host_that_aborts_is_named_by_its_signal_and_started_again(host):
+    before = host.describe()
+    with pytest.raises(HostDied, match=r"the model host \(pid \d+\) died of SIGABRT .* while running aborts"):
+        host.run("aborts", mr_blobs(1))
+    assert host.run("quick", mr_blobs(1)).objects  # a new host took over
+    after = host.describe()
+    assert after["Restarts"] == before["Restarts"] + 1 and after["Pid"] != before["Pid"]
+    assert "SIGABRT" in after["LastFailure"]["Reason"]
+
+
+def test_a_run_past_its_timeout_kills_the_host(host):
+    with pytest.raises(ModelTimedOut, match=r"^hangs 1 timed out after 1.5 s; the model host \(pid \d+\) was killed$"):
+        host.run("hangs", mr_blobs(1), timeout_s=1.5, label="hangs 1")
+    assert host.run("quick", mr_blobs(1)).objects
+
+
+def test_a_host_over_its_memory_limit_is_killed(host):
+    with pytest.raises(HostOutOfMemory, match=r"used [\d,]+ MiB of memory, over its limit of 1,000 MiB"):
+        host.run("hogs-memory", mr_blobs(1))
+    assert host.run("quick", mr_blobs(1)).objects
+
+
+def test_thread_mode_runs_the_same_code_in_this_process():
+    registry = Registry.load(MODELS_DIR)
+    host = ModelHost(HostSettings(MODELS_DIR, "cpu", mode="thread", warm_up=False, registry=registry))
+    host.start()
+    try:
+        [sr] = host.run("quick", mr_blobs(2)).objects
+        assert sr.dicom[128:132] == b"DICM"
+        assert host.describe()["Mode"] == "thread" and host.describe()["ResidentMemoryMB"] is None
+    finally:
+        assert host.stop()
+
+
+def test_host_settings_are_read_and_checked():
+    defaults = Settings.from_orthanc({"AiOrchestrator": {}})
+    assert (defaults.model_host, defaults.model_hosts, defaults.model_timeout_s, defaults.host_memory_limit_mb,
+            defaults.host_start_timeout_s, defaults.host_python) == ("process", 1, 600, 0, 300, None)
+    chosen = Settings.from_orthanc({"AiOrchestrator": {
+        "ModelHost": "thread", "ModelHosts": 2, "ModelTimeoutSeconds": 30, "HostMemoryLimitMB": 4096,
+        "HostStartTimeoutSeconds": 60, "HostPython": "/opt/venv/bin/python"}})
+    assert (chosen.model_host, chosen.model_hosts, chosen.model_timeout_s, chosen.host_memory_limit_mb,
+            chosen.host_start_timeout_s, chosen.host_python) == ("thread", 2, 30, 4096, 60, "/opt/venv/bin/python")
+    with pytest.raises(ConfigError, match="ModelHost.*'process', 'thread'"):
+        Settings.from_orthanc({"AiOrchestrator": {"ModelHost": "docker"}})
+    with pytest.raises(ConfigError, match="ModelTimeoutSeconds"):
+        Settings.from_orthanc({"AiOrchestrator": {"ModelTimeoutSeconds": 0}})
+
+
+def test_a_model_may_declare_its_own_timeout():
+    declared = dict(name="m", version="1", algorithm=Code("M", "99TEST", "M"), applies_to={"Modality": "CT"},
+                    predict=lambda *_: None)
+    assert ModelSpec(**declared).timeout_s is None
+    assert ModelSpec(**declared, timeout_s=2.5).timeout_s == 2.5
+    for wrong in (0, -1, True, "10", float("nan")):
+        with pytest.raises(ModelSpecError, match="timeout_s"):
+            ModelSpec(**declared, timeout_s=wrong)
