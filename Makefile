@@ -1,9 +1,9 @@
-# Two commands on a fresh Debian bookworm machine: `make run` and `make test`. Both install what is missing first.
+# Two commands on a fresh Debian 12 or 13: `make run` and `make test`. Both install what is missing first.
 VENV ?= $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 export VENV
 
-.PHONY: install install-test run test test-unit lint demo bench bench-inference bench-events
+.PHONY: install install-test run test test-debian13 test-unit lint demo bench bench-inference bench-events
 
 install:
 	scripts/install.sh
@@ -16,6 +16,11 @@ run: install
 
 test: install-test lint
 	$(PYTHON) -m pytest -ra
+
+# The same `make test` on Debian 13 "trixie" (Orthanc 1.12, Python 3.13), in a chroot of a debootstrap root cached
+# in /var/tmp (needs root or sudo; the first run downloads Debian's packages and torch, later runs reuse them).
+test-debian13:
+	scripts/test-debian13.sh
 
 # The structure (import-linter contracts in pyproject.toml), then ruff and mypy: all must pass.
 lint: install-test
