@@ -125,7 +125,8 @@ class Orchestrator:
             log.warning("this Orthanc has no labels (Orthanc 1.12 and later): studies are not labelled with "
                         "their AI state")
         self.studies = StudiesApi(gateway, self.registry, self.service, str(self.device))
-        self._routes = [(re.compile(pattern), attrgetter(handler)(self)) for pattern, handler in self.ROUTES]
+        self._routes = [(re.compile(pattern, re.DOTALL), attrgetter(handler)(self))  # a path may hold a newline
+                        for pattern, handler in self.ROUTES]
 
     # REST
     def handle(self, request: Request) -> Response:

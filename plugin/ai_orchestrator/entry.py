@@ -26,7 +26,7 @@ import orthanc
 from .capabilities import Capabilities
 from .gateway.protocol import OrthancError, ResourceNotFound
 from .http.explorer import panel_javascript
-from .http.messages import Request, Response
+from .http.messages import Request, Response, refused_body
 from .http.worklist import Worklist, WorklistQueryError
 
 ROOT = "/ai-orchestrator"
@@ -179,7 +179,8 @@ def _to_request(uri: str, request: dict) -> Request:
 def _route_to(handle: Callable[[Request], Response]) -> Callable[..., None]:
     def on_rest(output: Any, uri: str, **request: Any) -> None:
         try:
-            response = handle(_to_request(uri, request))
+            plain = _to_request(uri, request)
+            response = refused_body(plain.body) or handle(plain)
         except Exception as error:  # the plugin must never take Orthanc down
             log.exception("unhandled error on %s %s", request.get("method"), uri)
             response = Response.error(500, f"internal error: {error}")

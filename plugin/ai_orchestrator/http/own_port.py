@@ -27,12 +27,11 @@ from ..store.subscriptions import PendingReport, SubscriptionStore
 from ..ups.errors import UPSError
 from ..ups.events import check_ae_title, with_message_id
 from . import openapi
-from .messages import Request, Response
+from .messages import MAX_BODY, Request, Response
 
 log = logging.getLogger("ai_orchestrator.own_port")
 
 MAX_CLIENT_FRAME = 64 * 1024  # a client has nothing to say on the channel: larger frames close it (1009)
-MAX_BODY = 64 * 1024 * 1024
 SEND_TIMEOUT_S = 5.0  # a consumer that takes longer for one frame is disconnected; its reports stay kept
 BATCH = 500
 LIVE_QUEUE = 10_000  # reports handed to one connection and not sent yet: past that it is dropped as too slow
@@ -199,6 +198,9 @@ class OwnPortServer:
             ae_title = check_ae_title(request.match_info["ae_title"])
         except UPSError as error:
             return web.json_response({"error": error.message, "status": error.dicom_status}, status=400)
+        if not await asyncio.get_running_loop().run_in_executor(None, self._reports.is_subscriber, ae_title):
+            return web.json_response({"error": f"{ae_title} has no subscription: subscribe first (POST "
+                                               f"/workitems/{{uid}}/subscribers/{ae_title})"}, status=404)
         socket = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_CLIENT_FRAME)
         await socket.prepare(request)
         previous = self._channels.connections.pop(ae_title, None)

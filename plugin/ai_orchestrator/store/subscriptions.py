@@ -88,6 +88,12 @@ class SubscriptionStore:
         return [row[0] for row in self._store.reading().execute(
             "SELECT ae_title FROM subscriptions UNION SELECT ae_title FROM subscriber_events ORDER BY 1")]
 
+    def is_subscriber(self, ae_title: str) -> bool:
+        """Whether the AE title holds a subscription or has reports kept for it."""
+        return self._store.reading().execute(
+            "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE ae_title = ?) "
+            "OR EXISTS (SELECT 1 FROM subscriber_events WHERE ae_title = ?)", (ae_title, ae_title)).fetchone()[0] == 1
+
     # -- reports ---------------------------------------------------------------------------------------
     def keep(self, deliveries: Sequence[Delivery], subscriptions: Sequence[Subscription] = ()) -> None:
         """Keep reports for their subscribers, together with new subscriptions (a global subscriber's new items)."""

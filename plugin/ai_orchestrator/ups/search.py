@@ -23,6 +23,7 @@ from .errors import bad_request
 from .index import ACCESSION_PATH, COLUMN_PATHS, date_key, datetime_key
 
 MAX_LIMIT = 1000
+MAX_INTEGER = 2**63 - 1  # offset and limit go to SQLite, whose integers are 64-bit
 CONTROL_KEYS = ("includefield", "fuzzymatching", "offset", "limit")
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "PN", "SH", "LT", "ST", "UC"})
 
@@ -139,7 +140,8 @@ def _include(value: str) -> set[str] | None:
         return None
     keys = set()
     for name in names:
-        tag: BaseTag = resolve_tag(name.split(".")[0])
+        path: list[BaseTag] = [resolve_tag(part) for part in name.split(".")]  # every part names an attribute
+        tag = path[0]
         if keyword_for_tag(tag) == "TransactionUID":
             raise bad_request("includefield: (0008,1195) TransactionUID is never returned")
         keys.add(tag_key(tag))
@@ -150,8 +152,8 @@ def _integer(query: Mapping[str, str], name: str, default: int, minimum: int) ->
     raw = query.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) < minimum:
-        raise bad_request(f"{name} must be a whole number >= {minimum}, not {raw!r}")
+    if not (raw.isascii() and raw.isdigit()) or not minimum <= int(raw) <= MAX_INTEGER:
+        raise bad_request(f"{name} must be a whole number from {minimum} to {MAX_INTEGER}, not {raw[:40]!r}")
     return int(raw)
 
 
