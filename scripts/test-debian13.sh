@@ -62,8 +62,6 @@ if [ ! -f "$root/.ai-orchestrator-root" ]; then
   log "making the Debian 13 root $root with debootstrap (once; a few minutes)"
   debootstrap --variant=minbase --include=make "$suite" "$partial" "$mirror" > "$root.debootstrap.log" 2>&1 ||
     { tail -20 "$root.debootstrap.log"; log "debootstrap failed (log: $root.debootstrap.log)"; exit 1; }
-  printf 'deb %s %s main\ndeb %s %s-updates main\n' "$mirror" "$suite" "$mirror" "$suite" \
-    > "$partial/etc/apt/sources.list"
   date -u +%FT%TZ > "$partial/.ai-orchestrator-root"
   mv "$partial" "$root"
   log "root made in $((SECONDS - started)) s"
@@ -78,7 +76,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The host's trust and pip settings, refreshed every run.
+# Debian 13 with its updates and security updates, like a fresh install; the host's trust and pip settings.
+printf 'deb %s %s main\ndeb %s %s-updates main\ndeb %s-security %s-security main\n' \
+  "$mirror" "$suite" "$mirror" "$suite" "$mirror" "$suite" > "$root/etc/apt/sources.list"
 install -D -m 644 "$host_ca" "$root$inside_ca"
 [ -f /etc/pip.conf ] && install -m 644 /etc/pip.conf "$root/etc/pip.conf"
 if [ -d /opt/wheels ]; then mkdir -p "$root/opt/wheels" && cp -a --update /opt/wheels/. "$root/opt/wheels/"; fi
