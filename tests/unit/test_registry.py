@@ -32,6 +32,7 @@ MODULES = {
     "no_model.py": "VALUE = 1\n",
     "exits.py": "import sys\nsys.exit(3)\n",
     "same_name.py": GOOD_MODEL.format(name="good-model"),
+    "same_code.py": GOOD_MODEL.format(name="other-model"),
     "_helper.py": "raise RuntimeError('never imported')\n",
 }
 
@@ -41,6 +42,9 @@ def registry(tmp_path):
     for name, source in MODULES.items():
         (tmp_path / name).write_text(textwrap.dedent(source))
     (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "weights").mkdir()  # a directory without a declaration is not a model
+    (tmp_path / "bare-bundle" / "configs").mkdir(parents=True)  # a MONAI bundle without one is an error
+    (tmp_path / "bare-bundle" / "configs" / "metadata.json").write_text("{}")
     return Registry.load(tmp_path)
 
 
@@ -50,13 +54,18 @@ def _entry(registry, source):
 
 def test_broken_modules_become_error_entries(registry):
     assert sorted(entry.source.name for entry in registry.entries) == sorted(
-        name for name in MODULES if not name.startswith("_"))
+        [name for name in MODULES if not name.startswith("_")] + ["bare-bundle"])
+    bare = _entry(registry, "bare-bundle")
+    assert bare.format == "monai-bundle" and "without ai-orchestrator.json" in bare.error
     assert _entry(registry, "good.py").status == "ok"
     assert "weights missing" in _entry(registry, "broken_import.py").error
     assert "outputs" in _entry(registry, "bad_outputs.py").error
     assert "no MODEL" in _entry(registry, "no_model.py").error
     assert "SystemExit" in _entry(registry, "exits.py").error
     assert "already declared by good.py" in _entry(registry, "same_name.py").error
+    assert _entry(registry, "same_code.py").error == (
+        "algorithm code (X1, 99TEST) is already declared by good.py (model 'good-model'): each model needs its own "
+        "algorithm code")
     assert [model.name for model in registry.models] == ["good-model"]
 
 
@@ -120,3 +129,4 @@ def test_default_models_directory_holds_the_builtin_model():
 
 def test_missing_directory_is_an_empty_registry(tmp_path):
     assert Registry.load(tmp_path / "absent").entries == ()
+

@@ -1,7 +1,11 @@
-"""The model registry: each ``*.py`` in the models directory declares one model as ``MODEL = ModelSpec(...)``.
+"""The model registry: each ``*.py`` in the models directory declares one model as ``MODEL = ModelSpec(...)``, and
+each directory holding ``ai-orchestrator.json`` is a declared model: a MONAI bundle or an ONNX file
+(:mod:`.declared`).
 
-Loading never raises: a module that fails to import or declares nonsense is kept as an entry with
-``status="error"`` so that ``GET /ai-orchestrator/models`` can show what is wrong with it.
+Loading never raises: a module that fails to import or declares nonsense, a bundle or ONNX file that does not load,
+and a model whose name or algorithm code an earlier one already declared are kept as entries with
+``status="error"`` so that ``GET /ai-orchestrator/models`` can show what is wrong with them. Python modules load
+first (in name order), then directories (in name order).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from pydicom.sr.coding import Code
 
 from .api import ModelSpec, thinnest_series
+from .declared import DECLARATION, load_declared
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
 MODULE_PREFIX = "ai_orchestrator_models"
@@ -30,6 +35,7 @@ class RegistryEntry:
     source: Path
     spec: ModelSpec | None = None
     error: str | None = None
+    format: str = "python"  # "python", "monai-bundle" or "onnx"
 
     @property
     def status(self) -> str:
@@ -47,6 +53,7 @@ class RegistryEntry:
             "status": self.status,
             "error": self.error,
             "source": self.source.name,
+            "format": self.format,
         }
 
 
@@ -64,6 +71,10 @@ class Registry:
         for path in sorted(directory.glob("*.py")):
             if not path.name.startswith("_"):
                 entries.append(_deduplicated(_load_entry(path), entries))
+        for path in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+            entry = _load_directory(path)
+            if entry is not None:
+                entries.append(_deduplicated(entry, entries))
         return cls(entries)
 
     @property
@@ -118,12 +129,46 @@ def _load_entry(path: Path) -> RegistryEntry:
     return RegistryEntry(name=model.name, source=path, spec=model)
 
 
+def _load_directory(path: Path) -> RegistryEntry | None:
+    """A declared model (MONAI bundle or ONNX), an error entry for a bundle without its declaration, or None for
+    any other directory (weights, data)."""
+    if not (path / DECLARATION).is_file():
+        if (path / "configs" / "metadata.json").is_file():
+            return RegistryEntry(name=path.name, source=path, format="monai-bundle",
+                                 error=f"a MONAI bundle without {DECLARATION} beside its configs/: declare which "
+                                       f"series it applies to and what its labels mean (see the README)")
+        return None
+    try:
+        model, kind = load_declared(path)
+    except Exception as error:  # whatever a bundle's code or ONNX Runtime raises: the model is listed as an error
+        log.warning("declared model %s/ failed to load: %s", path.name, error)
+        kind = "monai-bundle" if (path / "configs").is_dir() else "onnx"
+        return RegistryEntry(name=path.name, source=path, error=f"{type(error).__name__}: {error}", format=kind)
+    return RegistryEntry(name=model.name, source=path, spec=model, format=kind)
+
+
 def _deduplicated(entry: RegistryEntry, earlier: Sequence[RegistryEntry]) -> RegistryEntry:
-    clash = next((other for other in earlier if other.spec is not None and other.name == entry.name), None)
-    if entry.spec is None or clash is None:
+    """Refuses a model whose name or algorithm code (which labels its workitems and picks who runs them) an earlier
+    working model already declares."""
+    if entry.spec is None:
         return entry
-    return RegistryEntry(name=entry.name, source=entry.source,
-                         error=f"model name {entry.name!r} is already declared by {clash.source.name}")
+    error = None
+    for other in earlier:
+        if other.spec is None:
+            continue
+        if other.name == entry.name:
+            error = f"model name {entry.name!r} is already declared by {other.source.name}"
+        elif _code_key(other.spec.algorithm) == _code_key(entry.spec.algorithm):
+            code = entry.spec.algorithm
+            error = (f"algorithm code ({code.value}, {code.scheme_designator}) is already declared by "
+                     f"{other.source.name} (model {other.name!r}): each model needs its own algorithm code")
+        if error:
+            return RegistryEntry(name=entry.name, source=entry.source, error=error, format=entry.format)
+    return entry
+
+
+def _code_key(code: Code) -> tuple[str, str]:
+    return code.value, code.scheme_designator
 
 
 def _code_json(code: Code) -> dict[str, str]:
