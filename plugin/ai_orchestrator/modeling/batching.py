@@ -9,6 +9,9 @@ import torch
 
 log = logging.getLogger("ai_orchestrator")
 
+# the batch size the last run_batched call of this process ended with (after halvings); the model host reports it
+last_batch_size: int | None = None
+
 
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
@@ -35,4 +38,6 @@ def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], slices: torch.Tensor
                 log.warning("out of memory at batch %d: retrying with batch %d", size * 2, size)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+    global last_batch_size
+    last_batch_size = size
     return torch.cat(outputs)

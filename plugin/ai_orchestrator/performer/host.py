@@ -104,6 +104,7 @@ class HostSettings:
 class HostResult:
     objects: list[EncodedObject]
     seconds: dict[str, float]  # the host's stage timings (decode, model, encode)
+    statistics: dict[str, Any]  # what the run used of the device: batch_size, peak_gpu_memory_mb (on a GPU)
 
 
 def host_python(configured: str | None = None) -> str:
@@ -216,6 +217,7 @@ class ModelHost:
         self.last_failure: dict[str, str] | None = None
         self.running: str | None = None
         self.resident_mb: float | None = None
+        self.last_run: dict[str, Any] | None = None  # the last run that ended well: stage timings, device use
 
     # lifecycle
     def start(self) -> None:
@@ -288,7 +290,9 @@ class ModelHost:
                                       str(message.header.get("text", "")))
                     elif message.op in ("done", "failed"):
                         self._failures_in_row = 0  # the host is sound, whatever the model did
-                        return _outcome(message)
+                        outcome = _outcome(message)
+                        self.last_run = {"Model": label, "Seconds": outcome.seconds, **outcome.statistics}
+                        return outcome
                 if self._stopping.is_set():
                     self._kill(child)
                     raise HostStopped(f"the plugin is stopping: {label} was abandoned, to be run again at start")
@@ -479,7 +483,8 @@ class ModelHost:
             "Device": self.device, "ResidentMemoryMB": self.resident_mb,
             "MemoryLimitMB": self.settings.memory_limit_mb or None, "Restarts": self.restarts,
             "StartedAt": self.started_at, "ReadyAt": self.ready_at, "LoadSeconds": self.load_s,
-            "WarmUpSeconds": self.warm_up_s, "Running": self.running, "LastFailure": self.last_failure,
+            "WarmUpSeconds": self.warm_up_s, "Running": self.running, "LastRun": self.last_run,
+            "LastFailure": self.last_failure,
         }
 
     def describe_model(self, name: str) -> dict[str, Any]:
@@ -495,7 +500,8 @@ def _outcome(message: Message) -> HostResult:
     header = message.header
     if message.op == "done":
         objects = [EncodedObject.from_uids(uids, bytes(part)) for uids, part in zip(header["objects"], message.parts)]
-        return HostResult(objects, {str(k): float(v) for k, v in (header.get("timer") or {}).items()})
+        return HostResult(objects, {str(k): float(v) for k, v in (header.get("timer") or {}).items()},
+                          dict(header.get("statistics") or {}))
     kind, text = str(header.get("kind", "Exception")), str(header.get("message", ""))
     if kind == CANCELED_KIND:
         raise CancelRequested(text)

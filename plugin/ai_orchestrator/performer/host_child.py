@@ -24,7 +24,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -34,6 +35,7 @@ import pydicom
 import torch
 from pydicom import Dataset
 
+from ..modeling import batching
 from ..modeling.api import ModelSpec
 from ..modeling.device import resolve_device
 from ..modeling.imaging import InputError, model_inputs
@@ -150,8 +152,9 @@ class Host:
                 entry = next((e for e in registry.entries if e.name == name), None)
                 raise LookupError(f"the model host has no model {name!r}"
                                   + (f": it failed to load there: {entry.error}" if entry and entry.error else ""))
-            objects = run_model(model, message.parts, device,
-                                HostRunContext(timer, progress, lambda: job in self._canceled))
+            with _device_statistics(device) as statistics:
+                objects = run_model(model, message.parts, device,
+                                    HostRunContext(timer, progress, lambda: job in self._canceled))
         except CancelRequested as error:
             return {"op": "failed", "job": job, "kind": CANCELED_KIND, "message": str(error),
                     "timer": timer.seconds}, []
@@ -162,8 +165,22 @@ class Host:
                     "input_error": isinstance(error, InputError), "timer": timer.seconds}, []
         finally:
             self._canceled.discard(job)
-        return ({"op": "done", "job": job, "timer": timer.seconds, "objects": [o.uids() for o in objects]},
-                [o.dicom for o in objects])
+        return ({"op": "done", "job": job, "timer": timer.seconds, "objects": [o.uids() for o in objects],
+                 "statistics": statistics}, [o.dicom for o in objects])
+
+
+@contextmanager
+def _device_statistics(device: torch.device) -> Iterator[dict[str, Any]]:
+    """What a run used of the device, filled in when it ends: on a GPU the peak memory torch allocated, and the
+    batch size slice batching ended with (``modeling.batching``; None when the model does not use it)."""
+    statistics: dict[str, Any] = {}
+    batching.last_batch_size = None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    yield statistics
+    statistics["batch_size"] = batching.last_batch_size
+    if device.type == "cuda":
+        statistics["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
 def warm_up(registry: Registry, device: torch.device) -> float:

@@ -113,6 +113,8 @@ class InferenceWorker:
         if event.type is EventType.CANCEL_REQUESTED:
             self._cancel_requested.add(event.uid)
             self._wake.set()
+        elif event.type is EventType.CREATED:  # claim it now, not when the intake has finished the whole study
+            self._wake.set()
 
     # lifecycle
     def start(self) -> None:
