@@ -16,7 +16,8 @@ config="$data_dir/orthanc-runtime.json"
 PYTHONPATH="$repo_dir/plugin" "$venv/bin/python" -m ai_orchestrator.launch_config \
   "$repo_dir/orthanc/orthanc.json" "$config"
 
-# The embedded interpreter is Debian's Python 3.11: the plugin's entry script adds this venv's site-packages.
+# The embedded interpreter is the Python that Debian's plugin links (3.11 on Debian 12, 3.13 on Debian 13), the one
+# install.sh made this venv with: the plugin's entry script adds the venv's site-packages.
 export AI_ORCHESTRATOR_VENV=$venv
 verbosity=()
 [ "${ORTHANC_VERBOSE:-0}" = 1 ] && verbosity=(--verbose)
