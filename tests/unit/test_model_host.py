@@ -6,9 +6,12 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import torch
+from pydicom import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
@@ -18,6 +21,7 @@ from ai_orchestrator.modeling.registry import Registry
 from ai_orchestrator.performer.host import (
     HostDied,
     HostOutOfMemory,
+    HostResult,
     HostSettings,
     ModelHost,
     ModelRunError,
@@ -25,6 +29,9 @@ from ai_orchestrator.performer.host import (
     host_python,
 )
 from ai_orchestrator.performer.host_channel import CancelRequested, Channel, ChannelClosed, describe_exit
+from ai_orchestrator.performer.worker import InferenceWorker, Job
+from ai_orchestrator.results.encoding import EncodedObject
+from ai_orchestrator.store.claims import Claim
 from tests.integration.studies import instances, to_bytes
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -154,3 +161,68 @@ def test_a_model_may_declare_its_own_timeout():
     for wrong in (0, -1, True, "10", float("nan")):
         with pytest.raises(ModelSpecError, match="timeout_s"):
             ModelSpec(**declared, timeout_s=wrong)
+
+
+def test_each_result_object_is_handed_over_as_soon_as_it_is_written(host):
+    seen = []
+    outcome = host.run("quick", mr_blobs(1), on_object=seen.append)
+    assert seen == outcome.objects and len(seen) == 1
+
+
+def test_an_object_the_plugin_cannot_store_fails_the_run_once_the_host_has_finished_it(host):
+    def refuse(_obj):
+        raise OSError("no room left")
+
+    with pytest.raises(OSError, match="no room left"):
+        host.run("quick", mr_blobs(1), on_object=refuse)
+    assert host.run("quick", mr_blobs(1)).objects  # the channel is still in step
+
+
+class _Host:
+    """Hands over a SEG, then dies or finishes."""
+
+    def __init__(self, dies: bool):
+        self.dies = dies
+
+    def run(self, model, blobs, *, on_object, **_options):
+        seg = EncodedObject("1.2", "1.2.3", "1.2.840.10008.5.1.4.1.1.66.4", "1.2.3.4", b"SEG")
+        on_object(seg)
+        if self.dies:
+            raise HostDied("the model host (pid 1) died of SIGSEGV (signal 11: a crash in native code)")
+        return HostResult([seg], {"decode": 0.1, "model": 0.2, "encode": 0.3}, {})
+
+
+class _Publisher:
+    def __init__(self):
+        self.posted, self.discarded = [], []
+
+    def post(self, obj):
+        self.posted.append(obj)
+        return {"ID": f"orthanc-{len(self.posted)}"}
+
+    def discard(self, stored):
+        self.discarded += stored
+
+
+def _worker_and_job(publisher):
+    service = type("Service", (), {"add_listener": lambda self, listener: None})()
+    worker = InferenceWorker(service, None, {}, None, torch.device("cpu"), publisher)
+    model = type("Model", (), {"name": "m", "version": "1", "timeout_s": None})()
+    return worker, Job(Claim("1.2.3", "4.5.6", 1), Dataset(), model, datetime.now(UTC), blobs=[b"CT"])
+
+
+def test_results_are_stored_as_the_host_hands_them_over_and_its_stages_timed():
+    publisher = _Publisher()
+    worker, job = _worker_and_job(publisher)
+    objects, stored = worker._run_on(_Host(dies=False), job)
+    assert [obj.dicom for obj in objects] == [b"SEG"] and stored == [{"ID": "orthanc-1"}]
+    assert job.blobs == [] and publisher.discarded == []
+    assert {"decode", "model", "encode", "store", "host"} <= set(job.timer.seconds)
+
+
+def test_an_attempt_that_fails_leaves_none_of_its_results_in_orthanc():
+    publisher = _Publisher()
+    worker, job = _worker_and_job(publisher)
+    with pytest.raises(HostDied, match="SIGSEGV"):
+        worker._run_on(_Host(dies=True), job)
+    assert publisher.discarded == [{"ID": "orthanc-1"}]

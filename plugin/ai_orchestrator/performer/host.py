@@ -257,10 +257,12 @@ class ModelHost:
     # a run
     def run(self, model: str, blobs: Sequence[bytes], *, timeout_s: float | None = None, label: str | None = None,
             progress: Callable[[float, str], None] = lambda _p, _t: None,
-            cancel_requested: Callable[[], bool] = lambda: False) -> HostResult:
+            cancel_requested: Callable[[], bool] = lambda: False,
+            on_object: Callable[[EncodedObject], None] = lambda _o: None) -> HostResult:
         """Run ``model`` on the instances' bytes in the host; answers the encoded results and the host's stage
-        timings. Raises a HostError (HostDied, ModelTimedOut, HostOutOfMemory, ModelRunError, HostStopped),
-        InputError for input the model cannot use, or CancelRequested."""
+        timings. ``on_object`` gets each result object as soon as the host has written it (while it writes the
+        next). Raises a HostError (HostDied, ModelTimedOut, HostOutOfMemory, ModelRunError, HostStopped), InputError
+        for input the model cannot use, or CancelRequested."""
         timeout = float(timeout_s or self.settings.timeout_s)
         label = label or model
         with self._lock:
@@ -270,16 +272,20 @@ class ModelHost:
             job = uuid.uuid4().hex
             self.state, self.running = RUNNING, label
             try:
-                return self._follow(channel, child, job, model, blobs, timeout, label, progress, cancel_requested)
+                return self._follow(channel, child, job, model, blobs, timeout, label, progress, cancel_requested,
+                                    on_object)
             finally:
                 self.running = None
                 if self.state == RUNNING:
                     self.state = READY
 
     def _follow(self, channel: Channel, child: _Child, job: str, model: str, blobs: Sequence[bytes], timeout: float,
-                label: str, progress: Callable[[float, str], None], cancel_requested: Callable[[], bool]) -> HostResult:
+                label: str, progress: Callable[[float, str], None], cancel_requested: Callable[[], bool],
+                on_object: Callable[[EncodedObject], None]) -> HostResult:
         deadline = time.monotonic() + timeout
         cancel_sent = False
+        objects: list[EncodedObject] = []
+        refused: Exception | None = None  # on_object's error: raised once the host has finished the run
         try:
             channel.send({"op": "run", "job": job, "model": model}, blobs)
             while True:
@@ -288,9 +294,18 @@ class ModelHost:
                     if message.op == "progress":
                         _call_quietly(progress, float(message.header.get("percent", 0)),
                                       str(message.header.get("text", "")))
+                    elif message.op == "object":
+                        objects.append(EncodedObject.from_uids(message.header["uids"], bytes(message.parts[0])))
+                        try:
+                            if refused is None:
+                                on_object(objects[-1])
+                        except Exception as error:
+                            refused = error
                     elif message.op in ("done", "failed"):
                         self._failures_in_row = 0  # the host is sound, whatever the model did
-                        outcome = _outcome(message)
+                        outcome = _outcome(message, objects)
+                        if refused is not None:
+                            raise refused
                         self.last_run = {"Model": label, "Seconds": outcome.seconds, **outcome.statistics}
                         return outcome
                 if self._stopping.is_set():
@@ -496,10 +511,9 @@ class ModelHost:
                 "status": entry.get("status") if entry else None, "error": entry.get("error") if entry else None}
 
 
-def _outcome(message: Message) -> HostResult:
+def _outcome(message: Message, objects: list[EncodedObject]) -> HostResult:
     header = message.header
     if message.op == "done":
-        objects = [EncodedObject.from_uids(uids, bytes(part)) for uids, part in zip(header["objects"], message.parts)]
         return HostResult(objects, {str(k): float(v) for k, v in (header.get("timer") or {}).items()},
                           dict(header.get("statistics") or {}))
     kind, text = str(header.get("kind", "Exception")), str(header.get("message", ""))

@@ -76,16 +76,24 @@ class Channel:
     def receive(self, timeout: float | None = None) -> Message | None:
         """The next message; None when none began within ``timeout`` seconds (None: wait as long as it takes).
         Once a message has begun it is read to its end. ChannelClosed at the end of the channel."""
+        begun = self.receive_header(timeout)
+        if begun is None:
+            return None
+        header, sizes = begun
+        return Message(header, [self.read(size) for size in sizes])
+
+    def receive_header(self, timeout: float | None = None) -> tuple[dict[str, Any], list[int]] | None:
+        """The next message's header and the sizes of its parts, which the caller then reads, in order, with
+        :meth:`read` (so that it can use each part as it arrives); None as for :meth:`receive`."""
         if timeout is not None and not self.ready(timeout):
             return None
-        (size,) = _LENGTH.unpack(self._read(_LENGTH.size))
+        (size,) = _LENGTH.unpack(self.read(_LENGTH.size))
         if size > MAX_HEADER_BYTES:
             raise ChannelClosed(f"a message header of {size} bytes: the channel is out of step")
-        header = json.loads(bytes(self._read(size)))
-        sizes = header.pop("parts", [])
-        return Message(header, [self._read(int(n)) for n in sizes])
+        header = json.loads(bytes(self.read(size)))
+        return header, [int(n) for n in header.pop("parts", [])]
 
-    def _read(self, size: int) -> bytearray:
+    def read(self, size: int) -> bytearray:
         buffer = bytearray(size)
         view = memoryview(buffer)
         got = 0

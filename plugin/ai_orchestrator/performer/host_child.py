@@ -40,8 +40,8 @@ from ..modeling.api import ModelSpec
 from ..modeling.device import resolve_device
 from ..modeling.imaging import InputError, model_inputs
 from ..modeling.registry import Registry
-from ..results.encoding import EncodedObject, encode, warm_up_encoders
-from .host_channel import CANCELED_KIND, CancelRequested, Channel, ChannelClosed, Message
+from ..results.encoding import EncodedObject, encode_each, warm_up_encoders
+from .host_channel import CANCELED_KIND, CancelRequested, Channel, ChannelClosed
 from .timing import StageTimer
 
 log = logging.getLogger("ai_orchestrator.host")
@@ -76,12 +76,13 @@ class HostRunContext(dict):
             raise CancelRequested("canceled on request while running")
 
 
-def run_model(model: ModelSpec, blobs: list[bytearray] | list[bytes], device: torch.device,
-              context: HostRunContext) -> list[EncodedObject]:
-    """One run: the instances' bytes in, the result objects' bytes out. ``blobs`` is emptied as it is parsed."""
+def run_model(model: ModelSpec, blobs: Iterable[bytes | bytearray], device: torch.device, context: HostRunContext,
+              on_object: Callable[[EncodedObject], None] = lambda _o: None) -> list[EncodedObject]:
+    """One run: the instances' bytes in (parsed as they arrive), the result objects' bytes out, each handed to
+    ``on_object`` as soon as it is written."""
     timer = context.timer
     with timer.stage("decode"):
-        datasets = [pydicom.dcmread(BytesIO(blobs.pop(0))) for _ in range(len(blobs))]
+        datasets = [pydicom.dcmread(BytesIO(blob)) for blob in blobs]
         volume = model_inputs(model, datasets)
         sources: Sequence[Dataset] = list(getattr(volume, "datasets", datasets))  # in slice order when sorted
     context.checkpoint()
@@ -90,16 +91,40 @@ def run_model(model: ModelSpec, blobs: list[bytearray] | list[bytes], device: to
         result = model.predict(volume, device, context)
     context.checkpoint()
     context.progress(80, "writing result series")
+    objects = []
     with timer.stage("encode"):
-        return [EncodedObject.of(dataset) for dataset in encode(result, sources, model)]
+        for dataset in encode_each(result, sources, model):
+            objects.append(EncodedObject.of(dataset))
+            on_object(objects[-1])
+    return objects
+
+
+class _Job:
+    """A run the plugin asked for; its instances arrive one by one while the model host already parses them."""
+
+    def __init__(self, header: dict[str, Any], count: int):
+        self.header, self.count = header, count
+        self.parts: queue.Queue[bytearray | None] = queue.Queue()
+
+    @property
+    def id(self) -> str:
+        return str(self.header.get("job"))
+
+    def blobs(self) -> Iterator[bytearray]:
+        for _ in range(self.count):
+            part = self.parts.get()
+            if part is None:
+                raise ChannelClosed("the plugin closed the channel while handing over the instances")
+            yield part
 
 
 class Host:
-    """The host's side of the channel: a reader thread takes jobs and cancel requests, the calling thread runs."""
+    """The host's side of the channel: a reader thread takes jobs (and their instances as they arrive) and cancel
+    requests; the calling thread runs the jobs, one at a time."""
 
     def __init__(self, channel: Channel, options: HostOptions, on_closed: Callable[[], None]):
         self.channel, self.options, self.on_closed = channel, options, on_closed
-        self._jobs: queue.Queue[Message | None] = queue.Queue()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._canceled: set[str] = set()
         self._reader = threading.Thread(target=self._read, name="ai-host-reader", daemon=True)
 
@@ -116,35 +141,48 @@ class Host:
             "models": {entry.name: {"status": entry.status, "error": entry.error} for entry in registry.entries},
         })
         log.info("model host ready on %s: models loaded in %.1f s, warmed up in %.1f s", device, loaded, warm_up_s)
-        while (message := self._jobs.get()) is not None:
-            header, parts = self._run(message, registry, device)
-            message.parts = []
-            self.channel.send(header, parts)
+        while (job := self._jobs.get()) is not None:
+            self.channel.send(self._run(job, registry, device))
+            del job
             _trim_memory()
 
     def _read(self) -> None:
-        while True:
-            try:
-                message = self.channel.receive()
-            except ChannelClosed:
-                message = None
-            if message is None or message.op == "stop":
-                self._jobs.put(None)
-                if message is None:
-                    self.on_closed()  # the plugin is gone: a process host ends here, whatever it was doing
-                return
-            if message.op == "cancel":
-                self._canceled.add(str(message.header.get("job")))
-            elif message.op == "run":
-                self._jobs.put(message)
+        job: _Job | None = None
+        try:
+            while True:
+                begun = self.channel.receive_header()
+                assert begun is not None  # None only with a timeout
+                header, sizes = begun
+                op = header.get("op")
+                if op == "run":
+                    job = _Job(header, len(sizes))
+                    self._jobs.put(job)
+                    for size in sizes:
+                        job.parts.put(self.channel.read(size))
+                    job = None
+                    continue
+                for size in sizes:  # no other message has parts; read them anyway, to stay in step
+                    self.channel.read(size)
+                if op == "cancel":
+                    self._canceled.add(str(header.get("job")))
+                elif op == "stop":
+                    self._jobs.put(None)
+                    return
+        except ChannelClosed:
+            if job is not None:
+                job.parts.put(None)
+            self._jobs.put(None)
+            self.on_closed()  # the plugin is gone: a process host ends here, whatever it was doing
 
-    def _run(self, message: Message, registry: Registry, device: torch.device) -> tuple[dict, list[bytes]]:
-        job = str(message.header.get("job"))
-        name = str(message.header.get("model"))
+    def _run(self, job: _Job, registry: Registry, device: torch.device) -> dict[str, Any]:
+        name = str(job.header.get("model"))
         timer = StageTimer()
 
         def progress(percent: float, text: str) -> None:
-            self.channel.send({"op": "progress", "job": job, "percent": percent, "text": text})
+            self.channel.send({"op": "progress", "job": job.id, "percent": percent, "text": text})
+
+        def hand_over(obj: EncodedObject) -> None:
+            self.channel.send({"op": "object", "job": job.id, "uids": obj.uids()}, [obj.dicom])
 
         try:
             model = registry.get(name)
@@ -153,20 +191,20 @@ class Host:
                 raise LookupError(f"the model host has no model {name!r}"
                                   + (f": it failed to load there: {entry.error}" if entry and entry.error else ""))
             with _device_statistics(device) as statistics:
-                objects = run_model(model, message.parts, device,
-                                    HostRunContext(timer, progress, lambda: job in self._canceled))
+                objects = run_model(model, job.blobs(), device,
+                                    HostRunContext(timer, progress, lambda: job.id in self._canceled), hand_over)
         except CancelRequested as error:
-            return {"op": "failed", "job": job, "kind": CANCELED_KIND, "message": str(error),
-                    "timer": timer.seconds}, []
+            return {"op": "failed", "job": job.id, "kind": CANCELED_KIND, "message": str(error),
+                    "timer": timer.seconds}
         except Exception as error:
-            log.warning("job %s (%s) failed: %s: %s", job, name, type(error).__name__, error,
+            log.warning("job %s (%s) failed: %s: %s", job.id, name, type(error).__name__, error,
                         exc_info=not isinstance(error, (InputError, LookupError)))
-            return {"op": "failed", "job": job, "kind": type(error).__name__, "message": str(error),
-                    "input_error": isinstance(error, InputError), "timer": timer.seconds}, []
+            return {"op": "failed", "job": job.id, "kind": type(error).__name__, "message": str(error),
+                    "input_error": isinstance(error, InputError), "timer": timer.seconds}
         finally:
-            self._canceled.discard(job)
-        return ({"op": "done", "job": job, "timer": timer.seconds, "objects": [o.uids() for o in objects],
-                 "statistics": statistics}, [o.dicom for o in objects])
+            self._canceled.discard(job.id)
+        return {"op": "done", "job": job.id, "timer": timer.seconds, "objects": len(objects),
+                "statistics": statistics}
 
 
 @contextmanager

@@ -93,16 +93,18 @@ class ResultPublisher:
             objects = [EncodedObject.of(dataset) for dataset in encode(result, job.sources, job.model)]
         return self.store(job, objects)
 
-    def store(self, job: StoredJob, objects: Sequence[EncodedObject]) -> Publication:
+    def store(self, job: StoredJob, objects: Sequence[EncodedObject], *, stored: Sequence[dict] = (),
+              destinations: list[Destination] | None = None) -> Publication:
         """Store the encoded results (the model host's) in Orthanc; answers the series for Output Information and
-        what is left to forward.
+        what is left to forward. ``stored``: Orthanc's answers for the first objects, stored (:meth:`post`) as the
+        host handed them over; ``destinations``: as resolved before the run.
 
         Destinations are resolved first: a workitem naming an unknown one (or a ForwardTo naming no Orthanc
         modality) fails before anything is stored.
         """
-        destinations = self.destinations(job.workitem)
+        destinations = self.destinations(job.workitem) if destinations is None else destinations
         with job.timer.stage("store"):
-            stored = [self.gateway.post_instance(obj.dicom) for obj in objects]
+            stored = [*stored, *(self.post(obj) for obj in objects[len(stored):])]
         leaves_orthanc = bool(destinations) and self.forwarding.delete_study_after
         outputs = [self._output(obj, destinations, leaves_orthanc) for obj in objects]
         if not destinations or not stored:
@@ -110,6 +112,18 @@ class ResultPublisher:
         study_uid = objects[0].study_instance_uid
         return Publication(outputs, ForwardRequest([answer["ID"] for answer in stored], stored[0]["ParentStudy"],
                                                    study_uid, destinations))
+
+    def post(self, obj: EncodedObject) -> dict:
+        """Store one result object in Orthanc; answers Orthanc's JSON (``ID``, ``ParentStudy``...)."""
+        return self.gateway.post_instance(obj.dicom)
+
+    def discard(self, stored: Sequence[dict]) -> None:
+        """Delete the result instances an attempt stored before it failed: a retry stores its own (best effort)."""
+        for answer in stored:
+            try:
+                self.gateway.delete(f"/instances/{answer['ID']}")
+            except Exception as error:
+                log.warning("result instance %s of a failed attempt is left in Orthanc: %s", answer.get("ID"), error)
 
     def forward(self, request: ForwardRequest, keep_going: Callable[[], bool] = lambda: True) -> None:
         """C-STORE the results to each destination that has not taken them yet; raises ForwardError at the first

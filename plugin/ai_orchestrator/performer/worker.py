@@ -227,9 +227,9 @@ class InferenceWorker:
             except queue.Empty:
                 continue
             try:
-                objects = self._run_on(host, job)
-                self.checkpoint(job)
-                publication = self.publisher.store(job, objects)
+                destinations = self.publisher.destinations(job.workitem)  # a wrong one fails before any storing
+                objects, stored = self._run_on(host, job)
+                publication = self.publisher.store(job, objects, stored=stored, destinations=destinations)
                 self.statistics.succeeded(job.model.name, job.timer.seconds.get("model", 0.0))
                 if publication.forward is None:
                     self._complete(job, publication.outputs)
@@ -241,19 +241,31 @@ class InferenceWorker:
             finally:
                 job.blobs = []
 
-    def _run_on(self, host: ModelHost, job: Job) -> list[EncodedObject]:
-        """The model host decodes, predicts and encodes; the job's timer gets the host's stages, and "host" the
-        rest of the wait (the hand-over both ways)."""
-        with job.timer.stage("host"):
-            outcome = host.run(job.model.name, job.blobs, timeout_s=job.model.timeout_s or self.model_timeout_s,
-                               label=f"{job.model.name} {job.model.version}",
-                               progress=lambda percent, text: self.report(job, percent, text),
-                               cancel_requested=lambda: job.claim.uid in self._cancel_requested)
+    def _run_on(self, host: ModelHost, job: Job) -> tuple[list[EncodedObject], list[dict]]:
+        """The model host decodes, predicts and encodes; each result object is stored in Orthanc as the host hands
+        it over, while it writes the next (an attempt that fails deletes what it stored). Answers the objects and
+        Orthanc's answers. The job's timer gets the host's stages, and "host" the rest of the wait (the hand-over)."""
+        stored: list[dict] = []
+
+        def store(obj: EncodedObject) -> None:
+            with job.timer.stage("store"):
+                stored.append(self.publisher.post(obj))
+
+        try:
+            with job.timer.stage("host"):
+                outcome = host.run(job.model.name, job.blobs, timeout_s=job.model.timeout_s or self.model_timeout_s,
+                                   label=f"{job.model.name} {job.model.version}",
+                                   progress=lambda percent, text: self.report(job, percent, text),
+                                   cancel_requested=lambda: job.claim.uid in self._cancel_requested, on_object=store)
+        except BaseException:
+            self.publisher.discard(stored)
+            raise
         job.blobs = []
+        job.timer.seconds["host"] -= job.timer.seconds.get("store", 0.0)
         for stage, seconds in outcome.seconds.items():
             job.timer.seconds[stage] = job.timer.seconds.get(stage, 0.0) + seconds
             job.timer.seconds["host"] -= seconds
-        return outcome.objects
+        return outcome.objects, stored
 
     # forward thread: C-STORE the stored results, complete, delete the study when configured
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -24,13 +24,20 @@ def encode(result: ModelResult, sources: Sequence[Dataset], model: ModelSpec,
 
     ``frame_numbers``: for a single multi-frame source, the source frame of each slice (``Volume.frame_numbers``;
     None: the frames in the order ``load_volume`` stacks them, the grid a model's masks are on)."""
+    return list(encode_each(result, sources, model, frame_numbers))
+
+
+def encode_each(result: ModelResult, sources: Sequence[Dataset], model: ModelSpec,
+                frame_numbers: Sequence[int] | None = None) -> Iterator[Dataset]:
+    """:func:`encode`, one object at a time as each is written: the model host hands the SEG over (and the plugin
+    stores it) while it writes the SR and the preview."""
     seg = write_seg(result, sources, model, frame_numbers) if "SEG" in model.outputs and result.segments else None
-    objects = [seg] if seg is not None else []
+    if seg is not None:
+        yield seg
     if "SR" in model.outputs and result.measurements:
-        objects.append(write_sr(result, sources, model, seg=seg, frame_numbers=frame_numbers))
+        yield write_sr(result, sources, model, seg=seg, frame_numbers=frame_numbers)
     if "SC" in model.outputs and result.segments:
-        objects.append(write_sc(result, sources, model, frame_numbers))
-    return objects
+        yield write_sc(result, sources, model, frame_numbers)
 
 
 def to_bytes(dataset: Dataset) -> bytes:
