@@ -126,9 +126,11 @@ def _workitem_paths() -> JsonObject:
 
 def _plugin_paths() -> JsonObject:
     return {
-        "/system": {"get": {"summary": "Versions, device, workitem counts, recent runs",
+        "/system": {"get": {"summary": "Versions, device, workitem counts, recent runs, the model hosts (pid, "
+                                       "device, resident memory, restarts, last failure)",
                             "responses": {"200": _json("The plugin's state")}}},
-        "/models": {"get": {"summary": "The model registry: the Task Performer's capability statement (AIW-I)",
+        "/models": {"get": {"summary": "The model registry: the Task Performer's capability statement (AIW-I), "
+                                       "each model's timeout and its model hosts",
                             "responses": {"200": _json("One entry per model module", {"type": "array"})}}},
         "/openapi.json": {"get": {"summary": "This description", "responses": {"200": _json("OpenAPI 3.1")}}},
         "/studies/{study}/run": {
