@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -226,3 +227,12 @@ def test_an_attempt_that_fails_leaves_none_of_its_results_in_orthanc():
     with pytest.raises(HostDied, match="SIGSEGV"):
         worker._run_on(_Host(dies=True), job)
     assert publisher.discarded == [{"ID": "orthanc-1"}]
+
+
+def test_a_frozen_host_times_out_too(host):
+    host.run("quick", mr_blobs(1))  # ready
+    pid = host.describe()["Pid"]
+    os.kill(pid, signal.SIGSTOP)  # it neither reads nor writes any more: the hand-over itself blocks
+    with pytest.raises(ModelTimedOut, match=r"^quick 1 timed out after 1 s; the model host \(pid \d+\) was killed$"):
+        host.run("quick", mr_blobs(40), timeout_s=1, label="quick 1")  # more than the socket buffers hold
+    assert host.run("quick", mr_blobs(1)).objects

@@ -286,6 +286,7 @@ class ModelHost:
         cancel_sent = False
         objects: list[EncodedObject] = []
         refused: Exception | None = None  # on_object's error: raised once the host has finished the run
+        channel.sock.settimeout(timeout)  # a host that stops reading or writing mid-message (frozen) times out too
         try:
             channel.send({"op": "run", "job": job, "model": model}, blobs)
             while True:
@@ -313,15 +314,19 @@ class ModelHost:
                     raise HostStopped(f"the plugin is stopping: {label} was abandoned, to be run again at start")
                 self._check_memory(child, f"while running {label}")
                 if time.monotonic() > deadline:
-                    self._kill(child)
-                    reason = f"{label} timed out after {timeout:g} s; the model host (pid {child.pid}) was killed"
-                    self._ended(reason)
-                    raise ModelTimedOut(reason)
+                    raise TimeoutError
                 if not cancel_sent and cancel_requested():
                     channel.send({"op": "cancel", "job": job})
                     cancel_sent = True
+        except TimeoutError:
+            self._kill(child)
+            reason = f"{label} timed out after {timeout:g} s; the model host (pid {child.pid}) was killed"
+            self._ended(reason)
+            raise ModelTimedOut(reason) from None
         except ChannelClosed:
             code = child.wait(5.0)
+            if code is None:  # closed its end but lives on: not a host to keep
+                self._kill(child)
             if self._stopping.is_set():
                 self._ended("stopped with the plugin")
                 raise HostStopped(f"the plugin is stopping: {label} was abandoned, to be run again at start") from None
@@ -329,6 +334,11 @@ class ModelHost:
                       f"while running {label}")
             self._ended(reason)
             raise HostDied(reason) from None
+        finally:
+            try:
+                channel.sock.settimeout(None)
+            except OSError:  # closed with its host
+                pass
 
     def _await_ready(self) -> None:
         """Until the host says ready (launching it when due), supervising it meanwhile; the caller holds the lock.
@@ -430,9 +440,11 @@ class ModelHost:
         if not warm_up:
             command.append("--no-warm-up")
         python_path = os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")]))
+        # PYTHONSAFEPATH (Python 3.11+): "-m" would put Orthanc's working directory first on sys.path, and a numpy.py
+        # or ai_orchestrator/ there would be imported instead of the real ones
         try:
             process = subprocess.Popen(command, pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL,
-                                       env={**os.environ, "PYTHONPATH": python_path},
+                                       env={**os.environ, "PYTHONPATH": python_path, "PYTHONSAFEPATH": "1"},
                                        start_new_session=True)  # Ctrl-C in a terminal is for Orthanc, not the host
         finally:
             child_end.close()

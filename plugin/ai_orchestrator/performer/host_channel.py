@@ -65,6 +65,8 @@ class Channel:
                 self.sock.sendall(_LENGTH.pack(len(head)) + head)
                 for part in parts:
                     self.sock.sendall(part)
+        except TimeoutError:  # a socket timeout the caller set: the other end stopped reading
+            raise
         except OSError as error:  # EPIPE, ECONNRESET: the other end is gone
             raise ChannelClosed(f"the channel is closed: {error}") from error
 
@@ -100,6 +102,8 @@ class Channel:
         while got < size:
             try:
                 count = self.sock.recv_into(view[got:], min(size - got, _CHUNK))
+            except TimeoutError:  # a socket timeout the caller set: the other end stopped writing
+                raise
             except OSError as error:
                 raise ChannelClosed(f"the channel is closed: {error}") from error
             if count == 0:
