@@ -28,13 +28,14 @@ def free_port() -> int:
 
 class OrthancServer:
     def __init__(self, data_dir: Path, http_port: int | None = None, dicom_port: int | None = None,
-                 stable_age: int = 1, extra_env: dict | None = None):
+                 stable_age: int = 1, extra_env: dict | None = None, cwd: Path | None = None):
         self.data_dir = Path(data_dir)
         self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()
         self.stable_age = stable_age
         self.events_port = free_port()  # the orchestrator's own port; kept across restarts
         self.extra_env = dict(extra_env or {})
+        self.cwd = cwd  # Orthanc's working directory (None: this process's)
         self.process: subprocess.Popen | None = None
         self.client = httpx.Client(base_url=self.base_url, timeout=60, limits=ORTHANC_CONNECTION_LIMITS)
 
@@ -65,7 +66,7 @@ class OrthancServer:
                **self.extra_env}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([str(LAUNCHER)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True, cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -80,7 +80,7 @@ class Orchestrator:
         self.capabilities = capabilities = capabilities or Capabilities()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.device = resolve_device(settings.device)
-        self.store = WorkitemStore(settings.store_path)
+        self.store = WorkitemStore(settings.store_path, settings.store_max_size_mb)
         self.service = WorkitemService(self.store)
         self.reports = reports = SubscriptionStore(self.store)
         self.subscriptions = SubscriptionService(reports, self.service)

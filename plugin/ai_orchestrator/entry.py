@@ -26,7 +26,7 @@ import orthanc
 from .capabilities import Capabilities
 from .gateway.protocol import OrthancError, ResourceNotFound
 from .http.explorer import panel_javascript
-from .http.messages import Request, Response, refused_body
+from .http.messages import Request, Response, refused_body, store_failure
 from .http.worklist import Worklist, WorklistQueryError
 
 ROOT = "/ai-orchestrator"
@@ -182,8 +182,9 @@ def _route_to(handle: Callable[[Request], Response]) -> Callable[..., None]:
             plain = _to_request(uri, request)
             response = refused_body(plain.body) or handle(plain)
         except Exception as error:  # the plugin must never take Orthanc down
-            log.exception("unhandled error on %s %s", request.get("method"), uri)
-            response = Response.error(500, f"internal error: {error}")
+            response = store_failure(error) or Response.error(500, f"internal error: {error}")
+            if response.status == 500:
+                log.exception("unhandled error on %s %s", request.get("method"), uri)
         _write(output, response)
 
     return on_rest

@@ -8,10 +8,12 @@ from typing import Any
 
 import orjson  # ten times faster than json.dumps on search answers of 100 workitems
 
+from ..store.workitems import StoreBusy, StoreFull
 from ..ups.dicom_json import MAX_JSON_DEPTH, nests_too_deep
 
 DICOM_JSON = "application/dicom+json"
 MAX_BODY = 64 * 1024 * 1024  # the largest request body either front door takes (413 beyond)
+BUSY_RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -50,4 +52,16 @@ def refused_body(body: bytes) -> Response | None:
         return Response.error(413, f"the request body holds {len(body)} bytes, more than the {MAX_BODY} accepted")
     if nests_too_deep(body):
         return Response.error(400, f"the request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
+    return None
+
+
+def store_failure(error: BaseException) -> Response | None:
+    """The answer when the store could not take a change: 507 when its disk is full, 503 (with Retry-After) when
+    another process kept it locked; None for any other error. Nothing was written either way."""
+    if isinstance(error, StoreFull):
+        return Response.error(507, f"Insufficient storage, nothing was changed: {error}")
+    if isinstance(error, StoreBusy):
+        answer = Response.error(503, f"The workitem store is busy, nothing was changed; try again: {error}")
+        answer.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+        return answer
     return None

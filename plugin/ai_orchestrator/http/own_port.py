@@ -14,18 +14,18 @@ import asyncio
 import base64
 import binascii
 import hmac
-import json
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
 from ..store.subscriptions import PendingReport, SubscriptionStore
 from ..ups.errors import UPSError
-from ..ups.events import check_ae_title, with_message_id
+from ..ups.events import check_ae_title, frame_with_message_id
 from . import openapi
 from .messages import MAX_BODY, Request, Response
 
@@ -36,6 +36,7 @@ SEND_TIMEOUT_S = 5.0  # a consumer that takes longer for one frame is disconnect
 BATCH = 500
 LIVE_QUEUE = 10_000  # reports handed to one connection and not sent yet: past that it is dropped as too slow
 ACK_INTERVAL_S = 0.2
+API_THREADS = 32  # requests served at once (each may wait for the store's write lock); the channel has its own
 
 Handler = Callable[[Request], Response]
 
@@ -101,6 +102,7 @@ class OwnPortServer:
         self._started = threading.Event()
         self._failure: BaseException | None = None
         self._stop: asyncio.Event | None = None
+        self._api_threads = ThreadPoolExecutor(API_THREADS, thread_name_prefix="ai-own-port-api")
 
     @property
     def wake(self) -> Callable[[Collection[str]], None]:
@@ -127,6 +129,7 @@ class OwnPortServer:
         loop = self._channels.loop
         if loop is not None and self._stop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._stop.set)
+        self._api_threads.shutdown(wait=False, cancel_futures=True)
         if self._thread is not None:
             self._thread.join(timeout)
             return not self._thread.is_alive()
@@ -190,7 +193,7 @@ class OwnPortServer:
         plain = Request(method=request.method, path=request.path, query=dict(request.query),
                         headers={name.lower(): value for name, value in request.headers.items()}, body=body,
                         base_url=f"{request.scheme}://{request.host}")
-        answer = await asyncio.get_running_loop().run_in_executor(None, self._api, plain)
+        answer = await asyncio.get_running_loop().run_in_executor(self._api_threads, self._api, plain)
         return web.Response(status=answer.status, headers=answer.headers, body=answer.body or None)
 
     async def _channel(self, request: web.Request) -> web.StreamResponse:
@@ -201,7 +204,9 @@ class OwnPortServer:
         if not await asyncio.get_running_loop().run_in_executor(None, self._reports.is_subscriber, ae_title):
             return web.json_response({"error": f"{ae_title} has no subscription: subscribe first (POST "
                                                f"/workitems/{{uid}}/subscribers/{ae_title})"}, status=404)
-        socket = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_CLIENT_FRAME)
+        # no permessage-deflate: frames are small, and compressing each for each subscriber costs the GIL Orthanc's
+        # requests wait for
+        socket = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_CLIENT_FRAME, compress=False)
         await socket.prepare(request)
         previous = self._channels.connections.pop(ae_title, None)
         if previous is not None:  # one channel per subscriber: the newest wins
@@ -223,7 +228,10 @@ class OwnPortServer:
         """The backlog kept in the store first, then the live reports, in order, each once."""
         loop = asyncio.get_running_loop()
         try:
-            await self._acknowledge()  # what an earlier connection sent is not sent again
+            try:
+                await self._acknowledge()  # what an earlier connection sent is not sent again
+            except Exception as error:  # then it may come again (delivery is at least once)
+                log.warning("acknowledging before the backlog of %s failed: %s", ae_title, error)
             while True:
                 backlog = await loop.run_in_executor(None, self._reports.pending, ae_title, connection.last_sent,
                                                      BATCH)
@@ -240,7 +248,7 @@ class OwnPortServer:
             await connection.socket.close(code=1013, message=b"too slow")
 
     async def _deliver(self, ae_title: str, connection: _Connection, report: PendingReport) -> None:
-        frame = json.dumps(with_message_id(report.report, report.id))
+        frame = frame_with_message_id(report.text, report.id)
         await asyncio.wait_for(connection.socket.send_str(frame), SEND_TIMEOUT_S)
         connection.last_sent = report.id
         self._channels.delivered[ae_title] = report.id
@@ -268,9 +276,18 @@ class OwnPortServer:
     async def _acknowledge_periodically(self) -> None:
         while True:
             await asyncio.sleep(ACK_INTERVAL_S)
-            await self._acknowledge()
+            try:
+                await self._acknowledge()
+            except Exception as error:  # e.g. a full disk: the reports stay kept, acknowledged at a later try
+                log.warning("acknowledging delivered event reports failed, will try again: %s", error)
+                await asyncio.sleep(1.0)
 
     async def _acknowledge(self) -> None:
         if self._channels.delivered:
             delivered, self._channels.delivered = self._channels.delivered, {}
-            await asyncio.get_running_loop().run_in_executor(None, self._reports.acknowledge_many, delivered)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self._reports.acknowledge_many, delivered)
+            except BaseException:
+                for title, up_to in delivered.items():  # not acknowledged: keep them for the next try
+                    self._channels.delivered[title] = max(up_to, self._channels.delivered.get(title, 0))
+                raise

@@ -15,10 +15,11 @@ from pydicom.uid import UID
 
 from ..manager.service import Outcome, WorkitemService
 from ..manager.subscriptions import SubscribeRequest, SubscriptionService
+from ..store.workitems import StoreError
 from ..ups.constants import Status
 from ..ups.dicom_json import parse_payload, text_value
 from ..ups.errors import UPSError, bad_request
-from .messages import DICOM_JSON, Request, Response
+from .messages import DICOM_JSON, Request, Response, store_failure
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,12 @@ class WorkitemsApi:
             return self._dispatch(request)
         except UPSError as error:
             return self._error(error.http_status, error.message, error.dicom_status)
+        except StoreError as error:  # full disk, or locked by another process: said as such, never a 500
+            answer = store_failure(error)
+            if answer is None:
+                raise
+            log.warning("%s %s refused: %s", request.method, request.path, error)
+            return self._with_warnings(answer, [str(error)])
         except Exception as error:  # the HTTP thread must get an answer whatever happens
             log.exception("%s %s failed", request.method, request.path)
             return self._error(500, f"Internal error: {type(error).__name__}: {error}", Status.PROCESSING_FAILURE)

@@ -1,8 +1,9 @@
 """Workitem business operations: the UPS rules (``ups``) applied to the store, one transaction each.
 
 Every operation that changes a workitem reads it, decides and writes inside one ``BEGIN IMMEDIATE``
-transaction, so a failed call changes nothing and two concurrent claims cannot both win. Listeners are
-told after the commit.
+transaction, so a failed call changes nothing and two concurrent claims cannot both win. Recorders (the event
+reports kept for subscribers) write inside that transaction, so a change and its reports commit together or not
+at all, in commit order; listeners are told after the commit.
 """
 
 from __future__ import annotations
@@ -113,10 +114,22 @@ class WorkitemService:
         self._store = store
         self._clock = clock
         self._listeners = Listeners()
+        self._recorders: list[Listener] = []
 
     def add_listener(self, callback: Listener) -> None:
         """``callback(event)`` after each commit: created, state changed, progress, cancel requested."""
         self._listeners.add(callback)
+
+    def add_recorder(self, callback: Listener) -> None:
+        """``callback(event)`` inside the change's transaction, on the changing thread, before the commit: what it
+        writes to the store commits with the change; when it raises, the change is rolled back and the caller gets
+        the error. Register before serving requests."""
+        self._recorders.append(callback)
+
+    def _record(self, events: list[WorkitemEvent]) -> None:
+        for event in events:
+            for recorder in self._recorders:
+                recorder(event)
 
     # -- UPS-RS transactions --------------------------------------------------------------------------
     def create(self, dataset: DatasetLike, uid: str | None = None) -> Outcome:
@@ -128,11 +141,13 @@ class WorkitemService:
         now = self._clock()
         stamp(ds, now)
         row = WorkitemRow(uid, to_json(ds), SCHEDULED, created_at=_iso(now), modified_at=_iso(now))
+        events = [WorkitemEvent(EventType.CREATED, uid, row.dataset)]
         with self._store.transaction() as tx:
             if tx.get(uid) is not None or tx.is_purged(uid):
                 raise conflict(f"Workitem {uid} already exists", Status.DUPLICATE_INSTANCE)
             tx.insert(row)
-        self._listeners.emit([WorkitemEvent(EventType.CREATED, uid, row.dataset)])
+            self._record(events)
+        self._listeners.emit(events)
         return Outcome(uid, [Warnings.CREATED_WITH_MODIFICATIONS] if modified else [])
 
     @staticmethod
@@ -259,7 +274,9 @@ class WorkitemService:
             if uid is None:
                 return None
             change, row = self._apply(tx, uid, self._transition(uid, IN_PROGRESS, transaction_uid, Dataset()))
-        self._emit(change, row)
+            events = self._events(change, row)
+            self._record(events)
+        self._listeners.emit(events)
         return uid
 
     def report_progress(self, uid: str, transaction_uid: str, percent: float | None,
@@ -331,7 +348,9 @@ class WorkitemService:
     def _run(self, uid: str, decide: Decision) -> _Change:
         with self._store.transaction() as tx:
             change, row = self._apply(tx, uid, decide)
-        self._emit(change, row)
+            events = self._events(change, row)
+            self._record(events)
+        self._listeners.emit(events)
         return change
 
     def _apply(self, tx: StoreTransaction, uid: str, decide: Decision) -> tuple[_Change, WorkitemRow]:
@@ -347,5 +366,6 @@ class WorkitemService:
             tx.replace(row)
         return change, row
 
-    def _emit(self, change: _Change, row: WorkitemRow) -> None:
-        self._listeners.emit(WorkitemEvent(t, row.uid, row.dataset, change.details) for t in change.events)
+    @staticmethod
+    def _events(change: _Change, row: WorkitemRow) -> list[WorkitemEvent]:
+        return [WorkitemEvent(t, row.uid, row.dataset, change.details) for t in change.events]

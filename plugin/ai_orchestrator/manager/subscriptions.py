@@ -2,14 +2,14 @@
 
 Subscribers are named by AE title. A subscription covers one workitem, the global worklist (every workitem, new
 ones included) or the filtered worklist (workitems meeting match keys). Each event of the workitem service becomes
-one report per subscriber, kept in the store until delivered; whoever delivers them (the WebSocket channel) is
-woken through :meth:`SubscriptionService.add_waker`.
+one report per subscriber, kept in the store in the same transaction as the change (a change a crash keeps has
+its reports kept too, and reports are numbered in commit order) until delivered; whoever delivers them (the
+WebSocket channel) is woken after the commit through :meth:`SubscriptionService.add_waker`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
@@ -42,8 +42,8 @@ class SubscriptionService:
     def __init__(self, store: SubscriptionStore, workitems: WorkitemService) -> None:
         self._store, self._workitems = store, workitems
         self._wakers: list[Waker] = []
-        self._lock = threading.Lock()  # one event at a time: reports of one workitem stay in order
-        workitems.add_listener(self.on_workitem_event)
+        workitems.add_recorder(self.on_workitem_event)  # inside the change's transaction: one writer at a time
+        workitems.add_listener(self._woken_by)
 
     def add_waker(self, waker: Waker) -> None:
         self._wakers.append(waker)
@@ -93,18 +93,21 @@ class SubscriptionService:
 
     # -- events ----------------------------------------------------------------------------------------
     def on_workitem_event(self, event: WorkitemEvent) -> None:
-        """The workitem service's listener: one report per subscriber of the workitem."""
-        with self._lock:
-            new_subscriptions = self._worklist_subscriptions(event) if event.type is EventType.CREATED else []
-            subscribers = self._store.of_scope(event.uid) + new_subscriptions
-            report = _report_of(event)
-            if report is None or not subscribers:
-                return
-            final = event.type is EventType.STATE_CHANGED and text_value(
-                from_json(event.dataset), "ProcedureStepState") in FINAL_STATES
-            titles = sorted({s.ae_title for s in subscribers})
-            self._store.keep([Delivery(ae, event.uid, report, final) for ae in titles], new_subscriptions)
-        self._wake(titles)
+        """The workitem service's recorder, inside the change's transaction: one report per subscriber of the
+        workitem (a global subscriber's new workitems become its subscriptions)."""
+        new_subscriptions = self._worklist_subscriptions(event) if event.type is EventType.CREATED else []
+        subscribers = self._store.of_scope(event.uid) + new_subscriptions
+        report = _report_of(event)
+        if report is None or not subscribers:
+            return
+        final = event.type is EventType.STATE_CHANGED and _state_of(event.dataset) in FINAL_STATES
+        titles = sorted({s.ae_title for s in subscribers})
+        self._store.keep([Delivery(ae, event.uid, report, final) for ae in titles], new_subscriptions)
+
+    def _woken_by(self, event: WorkitemEvent) -> None:
+        """After the commit: the channel reads what was kept (it finds the subscribers itself)."""
+        if _report_of_type(event.type):
+            self._wake(())
 
     def _worklist_subscriptions(self, event: WorkitemEvent) -> list[Subscription]:
         """A new workitem joins every active worklist subscription whose filter it meets."""
@@ -142,8 +145,19 @@ class SubscriptionService:
                 log.exception("waking the event channel failed")
 
 
+def _state_of(item: dict) -> str | None:
+    """Procedure Step State (0074,1000) of a DICOM JSON workitem, read without parsing the rest."""
+    values = item.get("00741000", {}).get("Value") or [None]
+    return values[0]
+
+
 def _uid(item: dict) -> str:
     return str(item["00080018"]["Value"][0])
+
+
+def _report_of_type(event_type: EventType) -> bool:
+    return event_type in (EventType.CREATED, EventType.STATE_CHANGED, EventType.PROGRESS,
+                          EventType.CANCEL_REQUESTED, EventType.ASSIGNED)
 
 
 def _report_of(event: WorkitemEvent) -> dict | None:

@@ -4,14 +4,20 @@ A stable study is read (:mod:`ai_orchestrator.gateway.study`), matched (:mod:`.m
 (:mod:`.planning`); a deleted study's open work is canceled. Workitem UIDs are name-based
 (:func:`ai_orchestrator.manager.scheduling.workitem_uid`), so two planners racing on the same study create the same
 UID and the loser's 409 is a success.
+
+Orthanc keeps the studies it waits on to become stable in memory only: a study whose instances were stored (and
+acknowledged to the sender) shortly before Orthanc was killed never gets its STABLE_STUDY event. So the first pass
+after a start reads the tail of Orthanc's change log (which Orthanc keeps in its database) and queues every study
+changed in the last ``recovery_window_s`` before the last change: planning a study twice changes nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from ..config import Settings
@@ -32,6 +38,8 @@ STABLE_STUDY, DELETED_STUDY = "stable_study", "deleted_study"
 class EventQueue(Protocol):
     """The store's durable queue of Orthanc change events."""
 
+    def enqueue_event(self, kind: str, resource_id: str) -> int: ...
+
     def pending_events(self, limit: int = 100) -> list[IntakeEvent]: ...
 
     def ack_event(self, event_id: int) -> None: ...
@@ -50,10 +58,12 @@ class IntakeSettings:
     retry_initial_s: float = 5.0  # first wait after a failure or a deferral; doubles per attempt
     retry_max_s: float = 600.0
     queue_window: int = 1000  # events read per pass: more than can be waiting on retries at once
+    recovery_window_s: float = 0.0  # at start, studies changed this long before Orthanc's last change are queued
+    recovery_max_changes: int = 20_000  # ... reading at most this many changes back
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IntakeSettings:
-        return cls(dicomweb_base=settings.dicomweb_url)
+        return cls(dicomweb_base=settings.dicomweb_url, recovery_window_s=settings.stable_age_s + 60.0)
 
 
 @dataclass
@@ -89,9 +99,13 @@ class IntakeProcessor:
     clock: Callable[[], float] = time.monotonic  # for retry delays
     now: Clock = utc_now  # for the DateTimes written into workitems
     _retries: dict[int, _Retry] = field(default_factory=dict, init=False)
+    _recovered: bool = field(default=False, init=False)
 
     def process_pending(self) -> int:
         """Handle what is due; answers how many events were acknowledged."""
+        if not self._recovered:
+            self._recovered = True
+            self.recover_unstable_studies()
         events = self.store.pending_events(limit=self.config.queue_window)
         redundant, held, acked = _superseded_events(events), set(), 0
         for event in events:
@@ -146,6 +160,64 @@ class IntakeProcessor:
         log.info("study %s: %d action(s), workitems %s", snapshot.study_instance_uid, len(actions), touched)
         return not any(isinstance(action, Defer) for action in actions)
 
+    def recover_unstable_studies(self) -> list[str]:
+        """Queue the studies changed in Orthanc's last ``recovery_window_s`` before its last change (see the module);
+        answers their Orthanc ids. Never raises: what cannot be read is logged, and intake goes on."""
+        if self.config.recovery_window_s <= 0:
+            return []
+        try:
+            studies = list(dict.fromkeys(self._recently_changed_studies()))
+        except Exception:
+            log.warning("reading Orthanc's change log to recover studies received before the start failed",
+                        exc_info=True)
+            return []
+        for study in studies:
+            self.store.enqueue_event(STABLE_STUDY, study)
+        if studies:
+            log.warning("queued %d study(ies) changed shortly before Orthanc last stopped (a study Orthanc had not "
+                        "reported stable then never will be): %s", len(studies), ", ".join(studies))
+        return studies
+
+    def _recently_changed_studies(self) -> Iterator[str]:
+        last = self.gateway.get_json("/changes?last")
+        last_seq = int(last.get("Last", 0))
+        newest = [change for change in last.get("Changes", []) if change.get("Date")]
+        if not last_seq or not newest:
+            return
+        since = _orthanc_date(newest[-1]["Date"]) - timedelta(seconds=self.config.recovery_window_s)
+        changes: list[dict] = []
+        upper = last_seq
+        while upper > 0 and last_seq - upper < self.config.recovery_max_changes:
+            lower = max(0, upper - 1000)
+            page = [c for c in self.gateway.get_json(f"/changes?since={lower}&limit=1000").get("Changes", [])
+                    if lower < int(c.get("Seq", 0)) <= upper]
+            changes[:0] = page
+            upper = lower
+            if not page or _orthanc_date(page[0].get("Date", "")) < since:
+                break
+        for change in changes:
+            if _orthanc_date(change.get("Date", "")) < since:
+                continue
+            study = self._study_of(change)
+            if study is not None:
+                yield study
+
+    def _study_of(self, change: dict) -> str | None:
+        """The Orthanc study a logged change is about (None: another level, or gone since)."""
+        kind, level, resource = change.get("ChangeType", ""), change.get("ResourceType", ""), change.get("ID", "")
+        if kind == "Deleted" or not resource:
+            return None
+        try:
+            if level == "Study":
+                return resource
+            if level == "Series":
+                return str(self.gateway.get_json(f"/series/{resource}")["ParentStudy"])
+            if level == "Instance":
+                return str(self.gateway.get_json(f"/instances/{resource}/study")["ID"])
+        except (ResourceNotFound, KeyError):
+            return None
+        return None
+
     def deleted_study(self, orthanc_study_id: str) -> list[str]:
         """Cancel every non-final workitem of the deleted study (found by recomputing Orthanc's study id)."""
         items = map(ItemFacts.from_json, self.service.find(states=[SCHEDULED, IN_PROGRESS]))
@@ -153,3 +225,11 @@ class IntakeProcessor:
         canceled = [uid for uid in doomed if force_cancel_quietly(self.service, uid, STUDY_DELETED_REASON)]
         log.info("study %s deleted: canceled workitems %s", orthanc_study_id, canceled or "none")
         return canceled
+
+
+def _orthanc_date(text: str) -> datetime:
+    """The Date of an Orthanc change (``20261202T020505``, Orthanc's local time); the distant past when unreadable."""
+    try:
+        return datetime.strptime(text, "%Y%m%dT%H%M%S")
+    except ValueError:
+        return datetime.min

@@ -29,8 +29,14 @@ class Subscription:
 
 @dataclass(frozen=True)
 class PendingReport:
+    """A kept report: its id (the Message ID it is sent with) and its DICOM JSON text, sent as stored."""
+
     id: int
-    report: dict
+    text: str
+
+    @property
+    def report(self) -> dict:
+        return json.loads(self.text)
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,11 @@ class SubscriptionStore:
         self.subscribe(subscriptions, deliveries)
 
     def _keep(self, conn: sqlite3.Connection, deliveries: Sequence[Delivery], now: str) -> None:
+        texts: dict[int, str] = {}  # one report for many subscribers is encoded once
         conn.executemany(
             "INSERT INTO subscriber_events (ae_title, uid, report, final, created_at) VALUES (?, ?, ?, ?, ?)",
-            [(d.ae_title, d.uid, json.dumps(d.report), int(d.final), now) for d in deliveries])
+            [(d.ae_title, d.uid, texts.setdefault(id(d.report), json.dumps(d.report)), int(d.final), now)
+             for d in deliveries])
         for ae_title in {d.ae_title for d in deliveries}:  # the bound: the oldest go first
             conn.execute(
                 "DELETE FROM subscriber_events WHERE ae_title = ? AND id <= (SELECT id FROM subscriber_events "
@@ -114,14 +122,14 @@ class SubscriptionStore:
         rows = self._store.reading().execute(
             "SELECT id, report FROM subscriber_events WHERE ae_title = ? AND id > ? ORDER BY id LIMIT ?",
             (ae_title, after_id, limit)).fetchall()
-        return [PendingReport(row_id, json.loads(report)) for row_id, report in rows]
+        return [PendingReport(row_id, report) for row_id, report in rows]
 
     def since(self, after_id: int, limit: int = 1000) -> list[tuple[str, PendingReport]]:
         """Every subscriber's reports kept after ``after_id``, in order, as (AE title, report)."""
         rows = self._store.reading().execute(
             "SELECT id, ae_title, report FROM subscriber_events WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit)).fetchall()
-        return [(ae_title, PendingReport(row_id, json.loads(report))) for row_id, ae_title, report in rows]
+        return [(ae_title, PendingReport(row_id, report)) for row_id, ae_title, report in rows]
 
     def last_id(self) -> int:
         return self._store.reading().execute("SELECT COALESCE(MAX(id), 0) FROM subscriber_events").fetchone()[0]

@@ -7,6 +7,13 @@ Durability: WAL journal with ``synchronous=FULL``. With NORMAL, a committed tran
 without an fsync: it survives kill -9 of Orthanc (the OS still holds the write) but not a power loss or
 kernel crash. FULL fsyncs the WAL on every commit, so an acknowledged write (a 201 already sent) survives
 both; the cost is one fsync per write transaction, and bulk loads batch many rows in one transaction.
+
+Writers take turns: the plugin's threads queue on one lock before ``BEGIN IMMEDIATE``, so they never meet
+SQLite's busy handler, whose sleeps (growing to 100 ms) turned a few milliseconds of waiting into seconds under
+load. A write started inside another on the same thread joins it, and commits or rolls back with it. Another
+process holding the file's write lock is waited for (SQLite retries for :data:`BUSY_TIMEOUT_S`); past that,
+:class:`StoreBusy`. A full disk (or ``max_size_mb`` reached) is :class:`StoreFull`; the transaction is rolled
+back, nothing is half-written, and writes work again once there is room.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +33,7 @@ from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .sql import where as compile_where
 
 DEFAULT_STORE_FILENAME = "ai-orchestrator.sqlite"
+BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the file before StoreBusy
 
 
 _ROW_COLUMNS = "uid, dataset, state, transaction_uid, cancel_request, created_at, modified_at"
@@ -33,6 +41,31 @@ _ROW_COLUMNS = "uid, dataset, state, transaction_uid, cancel_request, created_at
 
 class StoreError(RuntimeError):
     """The store file cannot be used (e.g. written by a newer version)."""
+
+
+class StoreBusy(StoreError):
+    """Another process held the store's write lock for longer than :data:`BUSY_TIMEOUT_S`: try again later."""
+
+
+class StoreFull(StoreError):
+    """The disk holding the store (or the store's configured size) is full: nothing was written."""
+
+
+_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes, masked)
+_FULL_CODE = 13  # SQLITE_FULL
+
+
+def _typed(error: sqlite3.Error, path: Path) -> StoreError | None:
+    """The store's own error for what SQLite raised, when it is one callers can act on."""
+    code = getattr(error, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary in _BUSY_CODES:
+        return StoreBusy(f"the workitem store {path.name} is locked by another process (waited "
+                         f"{BUSY_TIMEOUT_S:.0f} s): {error}")
+    if primary == _FULL_CODE:
+        return StoreFull(f"the disk holding the workitem store {path} is full (or the store reached its "
+                         f"StoreMaxSizeMB): {error}")
+    return None
 
 
 @dataclass
@@ -67,6 +100,7 @@ class _Connections:
 
     by_thread: dict[int, sqlite3.Connection] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    writer: threading.Lock = field(default_factory=threading.Lock)  # one write transaction at a time
 
 
 def _row(record: tuple) -> WorkitemRow:
@@ -152,8 +186,10 @@ def _dump(value: dict | None) -> str | None:
 class WorkitemStore:
     """The SQLite file holding workitems. One instance is shared by all threads."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_size_mb: int = 0) -> None:
+        """``max_size_mb``: the most the store file may grow to (0: as much as the disk holds)."""
         self.path = Path(path)
+        self.max_size_mb = max_size_mb
         self._connections = _Connections()
         self._closed = False
         self._migrate()
@@ -165,10 +201,14 @@ class WorkitemStore:
         ident = threading.get_ident()
         conn = self._connections.by_thread.get(ident)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            with self._translated():
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                if self.max_size_mb:
+                    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                    conn.execute(f"PRAGMA max_page_count = {max(1, self.max_size_mb * 1024 * 1024 // page_size)}")
             with self._connections.lock:
                 self._connections.by_thread[ident] = conn
         return conn
@@ -205,14 +245,30 @@ class WorkitemStore:
     @contextmanager
     def _begin(self, statement: str) -> Iterator[sqlite3.Connection]:
         conn = self._connection()
-        conn.execute(statement)
-        try:
+        if conn.in_transaction:  # inside this thread's open transaction: part of it
             yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            return
+        writer = self._connections.writer if statement == "BEGIN IMMEDIATE" else nullcontext()
+        with writer, self._translated():
+            conn.execute(statement)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """SQLite's busy, locked and full conditions as :class:`StoreBusy` and :class:`StoreFull`."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            typed = _typed(error, self.path)
+            if typed is None:
+                raise
+            raise typed from error
 
     def _migrate(self) -> None:
         with self._begin("BEGIN IMMEDIATE") as conn:

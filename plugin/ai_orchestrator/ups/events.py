@@ -11,6 +11,7 @@ import re
 from enum import IntEnum
 
 from pydicom import Dataset
+from pydicom.tag import Tag
 
 from .constants import FINAL_STATES, UPS_EVENT_SOP_CLASS_UID
 from .dicom_json import from_json, to_json
@@ -52,10 +53,17 @@ def _report(event_type: EventType, uid: str, attributes: Dataset) -> dict:
     return to_json(ds)
 
 
+def _only(workitem: dict, *keywords: str) -> Dataset:
+    """The attributes a report takes from a workitem, parsed alone (not the workitem's every input reference)."""
+    keys = [f"{Tag(keyword):08X}" for keyword in keywords]
+    return from_json({key: workitem[key] for key in keys if key in workitem})
+
+
 def state_report(uid: str, workitem: dict) -> dict:
     """Event 1: the workitem's Procedure Step State and Input Readiness State, with the cancellation reason once
     CANCELED (PS3.4 Table CC.2.4-1)."""
-    source, attributes = from_json(workitem), Dataset()
+    source = _only(workitem, "ProcedureStepState", "InputReadinessState", "ProcedureStepProgressInformationSequence")
+    attributes = Dataset()
     attributes.ProcedureStepState = source.get("ProcedureStepState", "")
     attributes.InputReadinessState = source.get("InputReadinessState", "")
     if attributes.ProcedureStepState in FINAL_STATES:
@@ -80,7 +88,7 @@ def progress_report(uid: str, workitem: dict) -> dict:
     """Event 3: the Procedure Step Progress Information Sequence as it stands."""
     attributes = Dataset()
     attributes.ProcedureStepProgressInformationSequence = \
-        from_json(workitem).get("ProcedureStepProgressInformationSequence") or []
+        _only(workitem, "ProcedureStepProgressInformationSequence").get("ProcedureStepProgressInformationSequence") or []
     return _report(EventType.PROGRESS_REPORT, uid, attributes)
 
 
@@ -98,7 +106,8 @@ def scp_status_change(status: str) -> dict:
 
 def ups_assigned(uid: str, workitem: dict) -> dict:
     """Event 5: who the workitem is now scheduled for (station name and human performers)."""
-    source, attributes = from_json(workitem), Dataset()
+    source = _only(workitem, "ScheduledStationNameCodeSequence", "ScheduledHumanPerformersSequence")
+    attributes = Dataset()
     for keyword in ("ScheduledStationNameCodeSequence", "ScheduledHumanPerformersSequence"):
         if keyword in source:
             attributes[keyword] = source[keyword]
@@ -108,6 +117,13 @@ def ups_assigned(uid: str, workitem: dict) -> dict:
 def with_message_id(report: dict, message_id: int) -> dict:
     """The report as delivered: Message ID (0000,0110) is US, so it wraps at 65536."""
     return {**report, "00000110": {"vr": "US", "Value": [message_id % 65536]}}
+
+
+def frame_with_message_id(report_text: str, message_id: int) -> str:
+    """:func:`with_message_id` on a report's JSON text, without decoding and encoding it again."""
+    head = f'{{"00000110": {{"vr": "US", "Value": [{message_id % 65536}]}}'
+    body = report_text.strip()[1:].lstrip()
+    return head + ("}" if body.startswith("}") else ", " + body)
 
 
 def is_final_state_report(report: dict) -> bool:
