@@ -93,7 +93,8 @@ if git -C "$repo_dir" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     while IFS= read -r -d '' path; do [ -e "$path" ] && printf '%s\0' "$path"; done |
     tar --null -T - -cf -) | tar -xf - -C "$root$inside_src"
 else
-  tar -C "$repo_dir" --exclude=./.venv --exclude=./data --exclude=./.git --exclude='*/__pycache__' -cf - . |
+  tar -C "$repo_dir" --exclude=./.venv --exclude=./data --exclude=./.git --exclude='*/__pycache__' \
+    --exclude='*_cache' -cf - . |
     tar -xf - -C "$root$inside_src"
 fi
 
