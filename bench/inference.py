@@ -53,10 +53,13 @@ from tests.integration.workitems import value  # noqa: E402
 from tests.orthanc_server import OrthancServer  # noqa: E402
 
 STAGES = ["fetch", "decode", "model", "encode", "host", "store", "bookkeeping"]
-STAGE_NOTES = {"host": "hand-over to the model host and back", "bookkeeping": "progress, cancel checks"}
+STAGE_NOTES = {"host": "hand-over to the host and back, less the storing it overlapped (< 0: storing hid behind "
+                       "encoding)", "store": "the SEG while the host writes the SR and preview, then those",
+               "bookkeeping": "progress, cancel checks"}
 
 
-def bare_pipeline(paths: list[Path], model, device: torch.device) -> dict[str, float]:
+def bare_pipeline(paths: list[Path], model, device: torch.device, cpu: list[float] | None = None) -> dict[str, float]:
+    """The stages' wall seconds; ``cpu`` gets the CPU seconds of decode, model and encode (every thread)."""
     timer = StageTimer()
     with timer.stage("fetch"):
         blobs = [path.read_bytes() for path in paths]
@@ -66,6 +69,8 @@ def bare_pipeline(paths: list[Path], model, device: torch.device) -> dict[str, f
         result = model.predict(volume, device, {})
     with timer.stage("encode"):
         [to_bytes(ds) for ds in encode(result, volume.datasets, model)]
+    if cpu is not None:
+        cpu.append(sum(timer.cpu_seconds[stage] for stage in ("decode", "model", "encode")))
     return timer.as_dict()
 
 
@@ -126,7 +131,7 @@ def end_to_end(server: OrthancServer, phantom_datasets, patient_id: str) -> tupl
         items = workitems_of(server.client, patient_id)
         return items if items and value(items[0], "00741000") in ("COMPLETED", "CANCELED") else None
 
-    [item] = wait_for(completed, timeout=600, interval=0.1)
+    [item] = wait_for(completed, timeout=600, interval=0.5)  # the measure is the workitem's own timestamps
     assert value(item, "00741000") == "COMPLETED", item.get("00741002")
     performed = item["00741216"]["Value"][0]
     created = _dt(value(item, "00404005"))  # Scheduled Procedure Step Start: set when STABLE_STUDY was handled
@@ -134,6 +139,12 @@ def end_to_end(server: OrthancServer, phantom_datasets, patient_id: str) -> tupl
     uid = value(item, "00080018")
     stages = next(run for run in host_system(server)["RecentRuns"] if run["uid"] == uid)
     return (ended - created).total_seconds(), stages, (created.timestamp(), ended.timestamp())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of a process so far (/proc/PID/stat), every thread."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def host_system(server: OrthancServer) -> dict:
@@ -172,10 +183,12 @@ def main() -> int:
 
     bare_pipeline(phantom(0, "warm").paths, model, device)  # this process' own first-call costs, not measured
     bare_runs: list[dict] = []
+    bare_cpu: list[float] = []
     e2e_runs: list[tuple[float, dict]] = []
     idle_latency: list[float] = []
     busy_latency: list[float] = []
     host_runs: list[dict] = []
+    process_cpu: list[tuple[float, float]] = []  # (Orthanc, model host) CPU seconds per steady-state study
     with OrthancServer(work / "orthanc", stable_age=1,
                        extra_env={"AI_ORCHESTRATOR_MODELS_DIR": str(models_dir)}) as server:
         started = time.monotonic()
@@ -184,7 +197,8 @@ def main() -> int:
                           timeout=300, interval=0.1)
         system = host_system(server)
         print(f"Orthanc {system['OrthancVersion']}, plugin Python {system['PythonVersion']}; model host pid "
-              f"{host['Pid']} on {host['Device']}, ready {time.monotonic() - started:.1f} s after Orthanc answered "
+              f"{host['Pid']} on {host['Device']} ({host.get('Threads')} torch threads), ready "
+              f"{time.monotonic() - started:.1f} s after Orthanc answered "
               f"(models loaded in {host['LoadSeconds']:.1f} s, warmed up in {host['WarmUpSeconds']:.1f} s), "
               f"{host['ResidentMemoryMB']:.0f} MiB resident")
         first_total, first_stages, _ = end_to_end(server, first_phantom.datasets, "BENCH-first0")
@@ -195,9 +209,12 @@ def main() -> int:
             order = ("bare", "e2e") if run % 2 else ("e2e", "bare")  # neither always goes first
             for kind in order:
                 if kind == "bare":
-                    measured["bare"] = bare_pipeline(study.paths, model, device)
+                    measured["bare"] = bare_pipeline(study.paths, model, device, bare_cpu)
                 else:
+                    host_pid = host_system(server)["ModelHosts"][0]["Pid"]
+                    before = cpu_seconds(server.process.pid), cpu_seconds(host_pid)
                     total, stages, _ = end_to_end(server, study.datasets, f"BENCH-steady{run}")
+                    process_cpu.append((cpu_seconds(server.process.pid) - before[0], cpu_seconds(host_pid) - before[1]))
                     measured["e2e"] = (total, stages)
                     host_runs.append(host_system(server)["ModelHosts"][0].get("LastRun") or {})
             bare, (total, stages) = measured["bare"], measured["e2e"]
@@ -214,7 +231,8 @@ def main() -> int:
                 total, _stages, (created, ended) = end_to_end(server, study.datasets, f"BENCH-latency{run}")
             idle_latency += [ms for _sent, ms in idle.samples]
             busy_latency += busy.between(created, ended)
-            print(f"  latency run {run}: in Orthanc {total:.3f} s; search p95 idle {p95([ms for _, ms in idle.samples]):.1f} ms, "
+            print(f"  latency run {run}: in Orthanc {total:.3f} s; search p95 idle "
+                  f"{p95([ms for _, ms in idle.samples]):.1f} ms, "
                   f"during inference {p95(busy.between(created, ended)):.1f} ms")
         host = host_system(server)["ModelHosts"][0]
 
@@ -243,11 +261,18 @@ def main() -> int:
     print(f"  idle:             {percentiles(idle_latency)}")
     print(f"  during inference: {percentiles(busy_latency)}")
     print(f"model share of the host's wall time       = {model_share:.0%} (decode, model, encode, hand-over)")
+    host_cpu = [sum(run["cpu_seconds"].values()) for run in host_runs if run.get("cpu_seconds")]
+    if host_cpu and bare_cpu:
+        print(f"CPU seconds of decode, model and encode   = {median(host_cpu):.3f} in the host, {median(bare_cpu):.3f} "
+              f"bare (every thread; wall clock above waits for CPUs others use too)")
+    print(f"CPU seconds per study, upload to COMPLETED = Orthanc {median([o for o, _ in process_cpu]):.3f} (receiving "
+          f"the upload, intake, reading, storing), model host {median([h for _, h in process_cpu]):.3f}")
     batch_sizes = sorted({run.get("batch_size") for run in host_runs} - {None})
     peaks = [run["peak_gpu_memory_mb"] for run in host_runs if run.get("peak_gpu_memory_mb") is not None]
     if peaks:
         print(f"peak GPU memory in the host               = {max(peaks):.0f} MiB")
-    print(f"batch size used by the host               = {', '.join(map(str, batch_sizes)) or 'none (no slice batching)'}")
+    print(f"batch size used by the host               = "
+          f"{', '.join(map(str, batch_sizes)) or 'none (no slice batching)'}")
     print(f"model host: pid {host['Pid']}, {host['ResidentMemoryMB']:.0f} MiB resident after the runs, "
           f"{host['Restarts']} restart(s)")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")

@@ -218,6 +218,7 @@ class ModelHost:
         self.running: str | None = None
         self.resident_mb: float | None = None
         self.last_run: dict[str, Any] | None = None  # the last run that ended well: stage timings, device use
+        self.threads: int | None = None  # torch's CPU threads in the host
 
     # lifecycle
     def start(self) -> None:
@@ -456,6 +457,7 @@ class ModelHost:
         self.device = str(header.get("device"))
         self.models = dict(header.get("models") or {})
         self.load_s, self.warm_up_s = header.get("load_s"), header.get("warm_up_s")
+        self.threads = header.get("threads")
         self._start_failures_in_row = 0
         broken = sorted(name for name, entry in self.models.items() if entry.get("status") != "ok")
         log.warning("%s: ready (pid %s, %s; models loaded in %.1f s, warmed up in %.1f s)%s", self.name, self.pid,
@@ -507,7 +509,7 @@ class ModelHost:
     def describe(self) -> dict[str, Any]:
         return {
             "Name": self.name, "Mode": self.settings.mode, "State": self.state, "Pid": self.pid,
-            "Device": self.device, "ResidentMemoryMB": self.resident_mb,
+            "Device": self.device, "Threads": self.threads, "ResidentMemoryMB": self.resident_mb,
             "MemoryLimitMB": self.settings.memory_limit_mb or None, "Restarts": self.restarts,
             "StartedAt": self.started_at, "ReadyAt": self.ready_at, "LoadSeconds": self.load_s,
             "WarmUpSeconds": self.warm_up_s, "Running": self.running, "LastRun": self.last_run,

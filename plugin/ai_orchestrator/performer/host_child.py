@@ -137,7 +137,8 @@ class Host:
         warm_up_s = warm_up(registry, device) if self.options.warm_up else 0.0
         self.channel.send({
             "op": "ready", "pid": os.getpid(), "device": str(device), "python": platform.python_version(),
-            "torch": torch.__version__, "load_s": round(loaded, 3), "warm_up_s": round(warm_up_s, 3),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "load_s": round(loaded, 3),
+            "warm_up_s": round(warm_up_s, 3),
             "models": {entry.name: {"status": entry.status, "error": entry.error} for entry in registry.entries},
         })
         log.info("model host ready on %s: models loaded in %.1f s, warmed up in %.1f s", device, loaded, warm_up_s)
@@ -203,6 +204,7 @@ class Host:
                     "input_error": isinstance(error, InputError), "timer": timer.seconds}
         finally:
             self._canceled.discard(job.id)
+        statistics["cpu_seconds"] = {stage: round(seconds, 3) for stage, seconds in timer.cpu_seconds.items()}
         return {"op": "done", "job": job.id, "timer": timer.seconds, "objects": len(objects),
                 "statistics": statistics}
 

@@ -11,14 +11,18 @@ from contextlib import contextmanager
 class StageTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        # CPU seconds of the whole process (every thread) per stage: on a busy machine, what the work cost, whatever
+        # it waited for a CPU
+        self.cpu_seconds: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - cpu
 
     def as_dict(self) -> dict[str, float]:
         return {name: round(value, 4) for name, value in self.seconds.items()}
