@@ -261,14 +261,17 @@ class WorkitemService:
         """Claim the best SCHEDULED, READY workitem for these algorithms (HIGH first, then oldest start)."""
         if not transaction_uid:
             raise bad_request(Warnings.TUID_MISSING, Status.TRANSACTION_UID_MISMATCH)
-        where = criteria.equals("state", SCHEDULED) & criteria.equals("input_readiness", READY)
-        wanted = []
-        if algorithm_codes is not None:
-            wanted.append(criteria.code_in(list(algorithm_codes)))
-        if labels is not None:
-            wanted.append(criteria.one_of("label", list(labels)))
-        if wanted:  # None for both: any algorithm; an empty collection matches nothing
-            where = where & criteria.any_of(wanted)
+        claimable = criteria.equals("state", SCHEDULED) & criteria.equals("input_readiness", READY)
+        where = claimable
+        if algorithm_codes is not None or labels is not None:  # None for both: any algorithm
+            # one branch per code, each complete, so that SQLite searches the claim index once per code
+            # (an empty collection matches nothing)
+            branches = [claimable & criteria.code_in([code]) for code in algorithm_codes or ()]
+            if labels is not None:
+                branches.append(claimable & criteria.one_of("label", list(labels)))
+            where = criteria.any_of(branches)
+        if self._store.next_to_claim(where) is None:  # nothing to claim: no write lock taken (the usual case)
+            return None
         with self._store.transaction() as tx:
             uid = tx.next_to_claim(where)
             if uid is None:

@@ -80,5 +80,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at TEXT NOT NULL)""",
         "CREATE INDEX subscriber_events_ae ON subscriber_events(ae_title, id)",
     ),
+    (
+        # Claiming (the performer's next SCHEDULED, READY item of its algorithms) without reading every
+        # SCHEDULED item of algorithms nobody runs here.
+        "CREATE INDEX workitems_claim_code ON workitems(state, input_readiness, code_value, code_scheme, "
+        "priority_rank, start_datetime, seq)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -92,10 +92,12 @@ def _(condition: Accession) -> Where:
 
 @where.register
 def _(condition: CodeIn) -> Where:
+    """One equality pair per code, ORed: SQLite searches its (code_value, code_scheme) indexes with each pair,
+    where a row-value IN list makes it read every row of the other terms."""
     if not condition.codes:
         return Where("0")
-    marks = ",".join("(?,?)" for _ in condition.codes)
-    return Where(f"(code_value, code_scheme) IN (VALUES {marks})", tuple(v for pair in condition.codes for v in pair))
+    pairs = " OR ".join("(code_value = ? AND code_scheme = ?)" for _ in condition.codes)
+    return Where(pairs, tuple(v for pair in condition.codes for v in pair))
 
 
 @where.register

@@ -294,6 +294,10 @@ class WorkitemStore:
     def uids(self, condition: Condition) -> list[str]:
         return StoreTransaction(self._connection()).uids(condition)
 
+    def next_to_claim(self, condition: Condition) -> str | None:
+        """:meth:`StoreTransaction.next_to_claim` outside a transaction: a cheap look before taking the lock."""
+        return StoreTransaction(self._connection()).next_to_claim(condition)
+
     def transaction_uid(self, uid: str) -> str | None:
         found = self._connection().execute("SELECT transaction_uid FROM workitems WHERE uid = ?", (uid,)).fetchone()
         return found[0] if found else None
