@@ -37,9 +37,13 @@ def test_an_expired_lease_is_canceled_and_the_work_rescheduled(strict_orthanc):
     uid, _tuid = ups.in_progress()
     wait_for(lambda: ups.state(uid) == "CANCELED", timeout=20)
     assert "lease" in reason(ups, uid)
-    replacements = [item for item in ups.search(includefield="all").json()
-                    if any(value(ref, "00081155") == uid
-                           for ref in item.get("00741224", {}).get("Value", []))]
+
+    def found() -> list[dict]:  # the replacement is created just after the cancel, in its own transaction
+        return [item for item in ups.search(includefield="all").json()
+                if any(value(ref, "00081155") == uid for ref in item.get("00741224", {}).get("Value", []))]
+
+    wait_for(found, timeout=20)
+    replacements = found()
     assert len(replacements) == 1
     assert value(replacements[0], "00741204") == value(ups.dataset(uid), "00741204")
 
