@@ -130,7 +130,7 @@ def _slice_gap(offsets: np.ndarray, planes: str) -> float:
     whole = (multiples >= 2) & (np.abs(gaps - multiples * step) <= tolerance * multiples)
     if np.all(regular | whole) and np.any(whole):
         missing = int(np.sum(multiples[whole] - 1))
-        places = [f"between {offsets[i]:.2f} and {offsets[i + 1]:.2f} mm" for i in np.flatnonzero(whole)]
+        places = [f"between {offsets[i]:.2f} and {offsets[i + 1]:.2f} mm" for i in map(int, np.flatnonzero(whole))]
         raise GeometryError(f"slice gaps are irregular: {missing} slice(s) missing ({_listed(places)} along the "
                             f"slice normal, where the series steps {step:.2f} mm)")
     if not np.all(regular):
