@@ -35,7 +35,7 @@ MAX_CLIENT_FRAME = 64 * 1024  # a client has nothing to say on the channel: larg
 SEND_TIMEOUT_S = 5.0  # a consumer that takes longer for one frame is disconnected; its reports stay kept
 BATCH = 500
 LIVE_QUEUE = 10_000  # reports handed to one connection and not sent yet: past that it is dropped as too slow
-ACK_INTERVAL_S = 0.2
+ACK_INTERVAL_S = 0.5  # delivered reports are forgotten in one transaction this often
 API_THREADS = 32  # requests served at once (each may wait for the store's write lock); the channel has its own
 
 Handler = Callable[[Request], Response]

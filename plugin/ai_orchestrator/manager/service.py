@@ -195,7 +195,22 @@ class WorkitemService:
         extra = _as_dataset(dataset)
         for keyword in ("ProcedureStepState", "TransactionUID"):
             _pop(extra, keyword)
-        return Outcome(uid, self._run(uid, self._transition(uid, state, transaction_uid, extra)).warnings)
+        if state == IN_PROGRESS:
+            self._refuse_a_lost_claim(uid, transaction_uid)
+
+        def allowed(row: WorkitemRow) -> None:  # the state machine's refusals, before the dataset is parsed
+            state_machine.change_state(uid, row.state, state, transaction_uid, row.transaction_uid)
+
+        return Outcome(uid, self._run(uid, self._transition(uid, state, transaction_uid, extra), allowed).warnings)
+
+    def _refuse_a_lost_claim(self, uid: str, transaction_uid: str | None) -> None:
+        """A claim of a workitem that is no longer SCHEDULED can never win (no state goes back to SCHEDULED): refuse it
+        from what is committed, without queueing for the write lock behind the claim that did win."""
+        committed = self._store.get(uid)
+        if committed is None:
+            raise _absent(self._store, uid)
+        if committed.state != SCHEDULED:
+            state_machine.change_state(uid, committed.state, IN_PROGRESS, transaction_uid, committed.transaction_uid)
 
     def _transition(self, uid: str, state: str, tuid: str | None, extra: Dataset) -> Decision:
         def decide(row: WorkitemRow, ds: Dataset, now: datetime) -> _Change:
@@ -348,18 +363,21 @@ class WorkitemService:
         return QueueSummary(by_priority, datetime.fromisoformat(oldest) if oldest else None)
 
     # -- the read-decide-write core ------------------------------------------------------------------
-    def _run(self, uid: str, decide: Decision) -> _Change:
+    def _run(self, uid: str, decide: Decision, check: Callable[[WorkitemRow], None] | None = None) -> _Change:
         with self._store.transaction() as tx:
-            change, row = self._apply(tx, uid, decide)
+            change, row = self._apply(tx, uid, decide, check)
             events = self._events(change, row)
             self._record(events)
         self._listeners.emit(events)
         return change
 
-    def _apply(self, tx: StoreTransaction, uid: str, decide: Decision) -> tuple[_Change, WorkitemRow]:
+    def _apply(self, tx: StoreTransaction, uid: str, decide: Decision,
+               check: Callable[[WorkitemRow], None] | None = None) -> tuple[_Change, WorkitemRow]:
         row = tx.get(uid)
         if row is None:
             raise _absent(tx, uid)
+        if check is not None:
+            check(row)
         ds, now = from_json(row.dataset), self._clock()
         change = decide(row, ds, now)
         if change.dataset_changed:

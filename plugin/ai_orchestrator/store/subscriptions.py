@@ -3,6 +3,11 @@
 A subscription's scope is one workitem UID, or the global or filtered worklist UID. Reports are written once per
 subscriber when the event happens and deleted once delivered, so a subscriber that is away finds them in order when
 it connects. At most ``MAX_PENDING_PER_SUBSCRIBER`` are kept per subscriber: past that the oldest go.
+
+Statements that touch many rows (a report for a hundred subscribers, their acknowledgements) run as one statement
+over a JSON array (``json_each``), and reads of many rows come back as one JSON row: Python's sqlite3 releases the
+GIL for every row it steps through, and under load each step back into the interpreter can wait for the GIL, which
+turned a hundred-row write into a transaction holding the store's write lock for hundreds of milliseconds.
 """
 
 from __future__ import annotations
@@ -58,12 +63,15 @@ class SubscriptionStore:
         """Add or renew subscriptions (a renewed one is no longer suspended) and keep their first reports."""
         now = utc_now().isoformat()
         with self._store.writing() as conn:
-            conn.executemany(
-                "INSERT INTO subscriptions (ae_title, scope, deletion_lock, filter, suspended, created_at) "
-                "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT(ae_title, scope) DO UPDATE SET "
-                "deletion_lock = excluded.deletion_lock, filter = excluded.filter, suspended = 0",
-                [(s.ae_title, s.scope, int(s.deletion_lock), json.dumps(s.filter) if s.filter is not None else None,
-                  now) for s in subscriptions])
+            if subscriptions:
+                rows = [[s.ae_title, s.scope, int(s.deletion_lock), json.dumps(s.filter) if s.filter is not None
+                         else None] for s in subscriptions]
+                conn.execute(
+                    "INSERT INTO subscriptions (ae_title, scope, deletion_lock, filter, suspended, created_at) "
+                    "SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 0, ? FROM json_each(?) WHERE true "
+                    "ON CONFLICT(ae_title, scope) DO UPDATE SET "
+                    "deletion_lock = excluded.deletion_lock, filter = excluded.filter, suspended = 0",
+                    (now, json.dumps(rows)))
             self._keep(conn, deliveries, now)
 
     def unsubscribe(self, ae_title: str, scopes: Iterable[str] | None = None) -> int:
@@ -80,11 +88,12 @@ class SubscriptionStore:
                                     (ae_title, scope)).rowcount for scope in scopes)
 
     def of_scope(self, scope: str, active_only: bool = True) -> list[Subscription]:
-        rows = self._store.reading().execute(
-            "SELECT ae_title, scope, deletion_lock, filter, suspended FROM subscriptions WHERE scope = ?"
-            + (" AND suspended = 0" if active_only else "") + " ORDER BY ae_title", (scope,)).fetchall()
+        [found] = self._store.reading().execute(
+            "SELECT json_group_array(json_array(ae_title, scope, deletion_lock, filter, suspended)) FROM "
+            "(SELECT * FROM subscriptions WHERE scope = ?" + (" AND suspended = 0" if active_only else "")
+            + " ORDER BY ae_title)", (scope,)).fetchone()
         return [Subscription(ae, sc, bool(lock), json.loads(f) if f else None, bool(susp))
-                for ae, sc, lock, f, susp in rows]
+                for ae, sc, lock, f, susp in json.loads(found)]
 
     def of_scopes(self, scopes: Sequence[str]) -> list[Subscription]:
         return [s for scope in dict.fromkeys(scopes) for s in self.of_scope(scope)]
@@ -108,28 +117,39 @@ class SubscriptionStore:
         self.subscribe(subscriptions, deliveries)
 
     def _keep(self, conn: sqlite3.Connection, deliveries: Sequence[Delivery], now: str) -> None:
-        texts: dict[int, str] = {}  # one report for many subscribers is encoded once
-        conn.executemany(
-            "INSERT INTO subscriber_events (ae_title, uid, report, final, created_at) VALUES (?, ?, ?, ?, ?)",
-            [(d.ae_title, d.uid, texts.setdefault(id(d.report), json.dumps(d.report)), int(d.final), now)
-             for d in deliveries])
-        for ae_title in {d.ae_title for d in deliveries}:  # the bound: the oldest go first
+        if not deliveries:
+            return
+        # consecutive deliveries of one report (one event, many subscribers): one statement, the report encoded once
+        groups: list[tuple[Delivery, list[str]]] = []
+        for delivery in deliveries:
+            if groups and groups[-1][0].report is delivery.report and groups[-1][0].uid == delivery.uid \
+                    and groups[-1][0].final == delivery.final:
+                groups[-1][1].append(delivery.ae_title)
+            else:
+                groups.append((delivery, [delivery.ae_title]))
+        for first, titles in groups:
             conn.execute(
-                "DELETE FROM subscriber_events WHERE ae_title = ? AND id <= (SELECT id FROM subscriber_events "
-                "WHERE ae_title = ? ORDER BY id DESC LIMIT 1 OFFSET ?)", (ae_title, ae_title, self._max_pending))
+                "INSERT INTO subscriber_events (ae_title, uid, report, final, created_at) "
+                "SELECT value, ?, ?, ?, ? FROM json_each(?) ORDER BY key",
+                (first.uid, json.dumps(first.report), int(first.final), now, json.dumps(titles)))
+        conn.execute(  # the bound: past it, the oldest go first
+            "DELETE FROM subscriber_events WHERE id IN (SELECT e.id FROM (SELECT t.value AS ae, (SELECT s.id FROM "
+            "subscriber_events AS s WHERE s.ae_title = t.value ORDER BY s.id DESC LIMIT 1 OFFSET ?) AS cut FROM "
+            "json_each(?) AS t) AS c JOIN subscriber_events AS e ON e.ae_title = c.ae AND e.id <= c.cut)",
+            (self._max_pending, json.dumps(sorted({d.ae_title for d in deliveries}))))
 
     def pending(self, ae_title: str, after_id: int = 0, limit: int = 100) -> list[PendingReport]:
-        rows = self._store.reading().execute(
-            "SELECT id, report FROM subscriber_events WHERE ae_title = ? AND id > ? ORDER BY id LIMIT ?",
-            (ae_title, after_id, limit)).fetchall()
-        return [PendingReport(row_id, report) for row_id, report in rows]
+        [found] = self._store.reading().execute(
+            "SELECT json_group_array(json_array(id, report)) FROM (SELECT id, report FROM subscriber_events "
+            "WHERE ae_title = ? AND id > ? ORDER BY id LIMIT ?)", (ae_title, after_id, limit)).fetchone()
+        return [PendingReport(row_id, report) for row_id, report in json.loads(found)]
 
     def since(self, after_id: int, limit: int = 1000) -> list[tuple[str, PendingReport]]:
         """Every subscriber's reports kept after ``after_id``, in order, as (AE title, report)."""
-        rows = self._store.reading().execute(
-            "SELECT id, ae_title, report FROM subscriber_events WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit)).fetchall()
-        return [(ae_title, PendingReport(row_id, report)) for row_id, ae_title, report in rows]
+        [found] = self._store.reading().execute(
+            "SELECT json_group_array(json_array(id, ae_title, report)) FROM (SELECT id, ae_title, report FROM "
+            "subscriber_events WHERE id > ? ORDER BY id LIMIT ?)", (after_id, limit)).fetchone()
+        return [(ae_title, PendingReport(row_id, report)) for row_id, ae_title, report in json.loads(found)]
 
     def last_id(self) -> int:
         return self._store.reading().execute("SELECT COALESCE(MAX(id), 0) FROM subscriber_events").fetchone()[0]
@@ -140,13 +160,15 @@ class SubscriptionStore:
 
     def acknowledge_many(self, delivered: Mapping[str, int]) -> None:
         """:meth:`acknowledge` for several subscribers in one transaction."""
+        if not delivered:
+            return
+        pairs = json.dumps([[ae_title, up_to_id] for ae_title, up_to_id in delivered.items()])
+        delivered_rows = ("FROM json_each(?) AS d JOIN subscriber_events AS e "
+                          "ON e.ae_title = d.value ->> 0 AND e.id <= d.value ->> 1")
         with self._store.writing() as conn:
-            for ae_title, up_to_id in delivered.items():
-                conn.execute(
-                    "UPDATE subscriptions SET deletion_lock = 0 WHERE ae_title = ? AND scope IN "
-                    "(SELECT uid FROM subscriber_events WHERE ae_title = ? AND id <= ? AND final = 1)",
-                    (ae_title, ae_title, up_to_id))
-                conn.execute("DELETE FROM subscriber_events WHERE ae_title = ? AND id <= ?", (ae_title, up_to_id))
+            conn.execute("UPDATE subscriptions SET deletion_lock = 0 WHERE deletion_lock = 1 AND (ae_title, scope) IN "
+                         f"(SELECT e.ae_title, e.uid {delivered_rows} WHERE e.final = 1)", (pairs,))
+            conn.execute(f"DELETE FROM subscriber_events WHERE id IN (SELECT e.id {delivered_rows})", (pairs,))
 
     def totals(self) -> tuple[int, int]:
         """(subscribers: AE titles holding a subscription, event reports kept and not yet delivered)."""

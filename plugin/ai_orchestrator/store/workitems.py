@@ -8,12 +8,18 @@ without an fsync: it survives kill -9 of Orthanc (the OS still holds the write) 
 kernel crash. FULL fsyncs the WAL on every commit, so an acknowledged write (a 201 already sent) survives
 both; the cost is one fsync per write transaction, and bulk loads batch many rows in one transaction.
 
-Writers take turns: the plugin's threads queue on one lock before ``BEGIN IMMEDIATE``, so they never meet
-SQLite's busy handler, whose sleeps (growing to 100 ms) turned a few milliseconds of waiting into seconds under
-load. A write started inside another on the same thread joins it, and commits or rolls back with it. Another
-process holding the file's write lock is waited for (SQLite retries for :data:`BUSY_TIMEOUT_S`); past that,
-:class:`StoreBusy`. A full disk (or ``max_size_mb`` reached) is :class:`StoreFull`; the transaction is rolled
-back, nothing is half-written, and writes work again once there is room.
+Writes are group-committed. Every write runs on one writer connection, one at a time, each in a savepoint of the
+group's open transaction (a write that fails rolls back only its own statements); the write that ends with nobody
+queued behind it (or once the group is :data:`GROUP_MAX_WRITES` long or :data:`GROUP_MAX_AGE_S` old) commits, and
+every write of the group returns once that commit, one fsync for all of them, is done: an acknowledged write is as
+durable as before, and fifty concurrent writers no longer wait for fifty fsyncs in a row. Writers queue on a lock in
+the plugin, never in SQLite's busy handler, whose sleeps (growing to 100 ms) turned milliseconds into seconds under
+load. Reads run on each thread's own connection and see committed data only; a thread that is writing reads through
+the writer connection, and a write started inside another on the same thread joins it.
+
+Another process holding the file's write lock is waited for (SQLite retries for :data:`BUSY_TIMEOUT_S`); past that,
+:class:`StoreBusy`. A full disk (or ``max_size_mb`` reached) is :class:`StoreFull`; what could not be written is
+rolled back, nothing is half-written, and writes work again once there is room.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +41,8 @@ from .sql import where as compile_where
 
 DEFAULT_STORE_FILENAME = "ai-orchestrator.sqlite"
 BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the file before StoreBusy
+GROUP_MAX_WRITES = 64  # a group commits at the latest after this many writes ...
+GROUP_MAX_AGE_S = 0.01  # ... or once its first write is this old, however many wait behind it
 
 
 _ROW_COLUMNS = "uid, dataset, state, transaction_uid, cancel_request, created_at, modified_at"
@@ -100,7 +109,113 @@ class _Connections:
 
     by_thread: dict[int, sqlite3.Connection] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    writer: threading.Lock = field(default_factory=threading.Lock)  # one write transaction at a time
+
+
+Translate = Callable[[], AbstractContextManager[None]]
+
+
+class _GroupCommit:
+    """The writer connection and its groups: see the module's docstring."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], path: Path) -> None:
+        self._connect, self._path = connect, path
+        self.conn: sqlite3.Connection | None = None
+        self._changed = threading.Condition()
+        self._owner: int | None = None  # the thread now writing on the connection
+        self._queued = 0  # writers waiting for their turn
+        self._group = 0  # the open group (0: none)
+        self._next_group = 1
+        self._committed = 0  # groups are committed in order: every group up to this one is durable
+        self._failed: dict[int, BaseException] = {}  # groups whose commit failed, and why
+        self._writes = 0
+        self._opened_at = 0.0
+
+    def owned_by_current_thread(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    @contextmanager
+    def write(self, translate: Translate) -> Iterator[sqlite3.Connection]:
+        with self._changed:
+            self._queued += 1
+            while self._owner is not None:
+                self._changed.wait()
+            self._queued -= 1
+            self._owner = threading.get_ident()
+        try:
+            conn, group = self._enter(translate)
+        except BaseException:
+            self._finish(translate)
+            raise
+        try:
+            yield conn
+        except BaseException as error:
+            try:
+                with translate():
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+            finally:
+                self._finish(translate)
+            typed = _typed(error, self._path) if isinstance(error, sqlite3.Error) else None
+            if typed is not None:
+                raise typed from error
+            raise
+        try:
+            with translate():
+                conn.execute("RELEASE write")
+        finally:
+            self._finish(translate)
+        self._await(group)
+
+    def _enter(self, translate: Translate) -> tuple[sqlite3.Connection, int]:
+        if self.conn is None:
+            self.conn = self._connect()
+        with translate():
+            if not self._group:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._group, self._next_group = self._next_group, self._next_group + 1
+                self._writes, self._opened_at = 0, time.monotonic()
+            self._writes += 1
+            self.conn.execute("SAVEPOINT write")
+        return self.conn, self._group
+
+    def _finish(self, translate: Translate) -> None:
+        """Hand the connection on; commit the group first when nobody waits, or when it is long or old enough."""
+        group = self._group
+        with self._changed:
+            commit = group and (not self._queued or self._writes >= GROUP_MAX_WRITES
+                                or time.monotonic() - self._opened_at >= GROUP_MAX_AGE_S)
+        if commit and self.conn is not None:
+            failure: BaseException | None = None
+            try:
+                with translate():
+                    self.conn.execute("COMMIT")  # the fsync every write of the group waits for
+            except BaseException as error:
+                failure = error
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+            with self._changed:
+                self._group = 0
+                if failure is not None:
+                    self._failed[group] = failure
+                    for old in [g for g in self._failed if g < group - 1000]:
+                        del self._failed[old]
+                self._committed = group
+        with self._changed:
+            self._owner = None
+            self._changed.notify_all()
+
+    def _await(self, group: int) -> None:
+        with self._changed:
+            while self._committed < group:
+                self._changed.wait()
+            failure = self._failed.get(group)
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def _row(record: tuple) -> WorkitemRow:
@@ -191,26 +306,34 @@ class WorkitemStore:
         self.path = Path(path)
         self.max_size_mb = max_size_mb
         self._connections = _Connections()
+        self._writer = _GroupCommit(self._connect, self.path)
         self._closed = False
         self._migrate()
 
     # -- connections ---------------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
+        """The connection this thread reads with: the writer's while it writes, else its own."""
         if self._closed:
             raise StoreError(f"the store {self.path} is closed")
+        if self._writer.owned_by_current_thread() and self._writer.conn is not None:
+            return self._writer.conn
         ident = threading.get_ident()
         conn = self._connections.by_thread.get(ident)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-            with self._translated():
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=FULL")
-                conn.execute("PRAGMA foreign_keys=ON")
-                if self.max_size_mb:
-                    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                    conn.execute(f"PRAGMA max_page_count = {max(1, self.max_size_mb * 1024 * 1024 // page_size)}")
+            conn = self._connect()
             with self._connections.lock:
                 self._connections.by_thread[ident] = conn
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        with self._translated():
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            if self.max_size_mb:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max(1, self.max_size_mb * 1024 * 1024 // page_size)}")
         return conn
 
     def close(self) -> None:
@@ -219,6 +342,7 @@ class WorkitemStore:
             for conn in self._connections.by_thread.values():
                 conn.close()
             self._connections.by_thread.clear()
+            self._writer.close()
 
     def __enter__(self) -> WorkitemStore:
         return self
@@ -244,12 +368,17 @@ class WorkitemStore:
 
     @contextmanager
     def _begin(self, statement: str) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        if conn.in_transaction:  # inside this thread's open transaction: part of it
-            yield conn
+        if self._closed:
+            raise StoreError(f"the store {self.path} is closed")
+        if self._writer.owned_by_current_thread():  # inside this thread's write: part of it
+            yield self._connection()
             return
-        writer = self._connections.writer if statement == "BEGIN IMMEDIATE" else nullcontext()
-        with writer, self._translated():
+        if statement == "BEGIN IMMEDIATE":
+            with self._writer.write(self._translated) as conn:
+                yield conn
+            return
+        conn = self._connection()  # a read snapshot on this thread's own connection
+        with self._translated():
             conn.execute(statement)
             try:
                 yield conn
