@@ -29,7 +29,7 @@ MEMORY_LIMIT_MB = 1000  # the test models' host idles at about 400 MiB
 
 @pytest.fixture(scope="module")
 def host_orthanc(tmp_path_factory):
-    settings = {"HostMemoryLimitMB": MEMORY_LIMIT_MB, "MaxAttempts": 3}
+    settings = {"HostMemoryLimitMB": MEMORY_LIMIT_MB, "MaxAttempts": 3, "MetricsIntervalSeconds": 1}
     with OrthancServer(tmp_path_factory.mktemp("model-host-data"),
                        extra_env={"AI_ORCHESTRATOR_MODELS_DIR": str(MODELS_DIR),
                                   "AI_ORCHESTRATOR_SETTINGS": json.dumps(settings)}) as server:
@@ -111,6 +111,16 @@ def test_a_model_that_aborts_the_host_is_canceled_after_max_attempts_and_orthanc
     [model] = [m for m in host_orthanc.client.get(f"{ROOT}/models").json() if m["name"] == "aborts"]
     [host] = model["hosts"]
     assert host["status"] == "ok" and host["pid"] and "SIGABRT" in host["last_failure"]["Reason"]
+    assert model["timeout_s"] == 600
+
+    def scraped(name: str) -> float | None:
+        for line in host_orthanc.client.get("/tools/metrics-prometheus").text.splitlines():
+            if line.startswith(f'ai_orchestrator_{name}{{host="model-host-1"}} '):
+                return float(line.split()[1])
+        return None
+
+    wait_for(lambda: (scraped("model_host_restarts_total") or 0) >= 3, timeout=15, interval=0.5)
+    assert scraped("model_host_up") == 1 and scraped("model_host_resident_memory_bytes") > 2**20
 
 
 def test_a_model_that_hangs_past_its_timeout_is_killed_and_canceled(host_orthanc):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..manager.metrics import metric
 from ..modeling.imaging import InputError
 from ..modeling.registry import Registry
 from ..results.encoding import EncodedObject
@@ -203,7 +204,6 @@ class ModelHost:
         self._next_launch = 0.0  # time.monotonic() before which no new host is launched (the backoff)
         self._failures_in_row = 0  # host deaths (and start failures) since the last run that ended normally
         self._start_failures_in_row = 0  # of which before the host said ready: the next start skips the warm-up
-        self._launch_error: str | None = None  # why the last launch failed, for a run waiting on it
         # what describe() shows
         self.state = STOPPED
         self.pid: int | None = None
@@ -442,10 +442,14 @@ class ModelHost:
             command.append("--no-warm-up")
         python_path = os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")]))
         # PYTHONSAFEPATH (Python 3.11+): "-m" would put Orthanc's working directory first on sys.path, and a numpy.py
-        # or ai_orchestrator/ there would be imported instead of the real ones
+        # or ai_orchestrator/ there would be imported instead of the real ones.
+        # OMP_WAIT_POLICY: torch's OpenMP threads sleep when they wait rather than spin. The host shares the CPUs with
+        # Orthanc (and often with others): spinning threads burn the CPU that the thread they wait for needs (the
+        # model 2-3x slower on the 2-core test machine). One set in the environment wins.
+        environment = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": python_path, "PYTHONSAFEPATH": "1"}
         try:
             process = subprocess.Popen(command, pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL,
-                                       env={**os.environ, "PYTHONPATH": python_path, "PYTHONSAFEPATH": "1"},
+                                       env=environment,
                                        start_new_session=True)  # Ctrl-C in a terminal is for Orthanc, not the host
         finally:
             child_end.close()
@@ -514,6 +518,14 @@ class ModelHost:
             "StartedAt": self.started_at, "ReadyAt": self.ready_at, "LoadSeconds": self.load_s,
             "WarmUpSeconds": self.warm_up_s, "Running": self.running, "LastRun": self.last_run,
             "LastFailure": self.last_failure,
+        }
+
+    def metrics(self) -> dict[str, float]:
+        """For Prometheus: restarts since Orthanc started, resident memory, whether it is ready."""
+        return {
+            metric("model_host_restarts_total", host=self.name): float(self.restarts),
+            metric("model_host_resident_memory_bytes", host=self.name): (self.resident_mb or 0.0) * 2**20,
+            metric("model_host_up", host=self.name): 1.0 if self.ready else 0.0,
         }
 
     def describe_model(self, name: str) -> dict[str, Any]:

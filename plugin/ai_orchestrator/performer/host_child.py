@@ -131,7 +131,8 @@ class Host:
     def serve(self) -> None:
         self._reader.start()
         started = time.perf_counter()
-        registry = self.options.registry or Registry.load(self.options.models_dir)
+        registry = self.options.registry if self.options.registry is not None else Registry.load(
+            self.options.models_dir)
         device = resolve_device(self.options.device)
         loaded = time.perf_counter() - started
         warm_up_s = warm_up(registry, device) if self.options.warm_up else 0.0

@@ -273,9 +273,9 @@ class InferenceWorker:
         return len(self._forwards)
 
     def metrics(self) -> dict[str, float]:
-        """Runs, failures and inference seconds per model; forwards retried and waiting."""
+        """Runs, failures and inference seconds per model; forwards retried and waiting; each model host's."""
         self.statistics.forwards_waiting = self.forwards_waiting
-        return self.statistics.metrics()
+        return {**self.statistics.metrics(), **{k: v for host in self.hosts for k, v in host.metrics().items()}}
 
     def _forward_step(self, pending: PendingForward) -> float | None:
         job, request = pending.job, pending.request
