@@ -25,6 +25,7 @@ rolled back, nothing is half-written, and writes work again once there is room.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -39,10 +40,13 @@ from ..ups.index import accession_numbers, index_columns
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .sql import where as compile_where
 
+log = logging.getLogger("ai_orchestrator.store")
+
 DEFAULT_STORE_FILENAME = "ai-orchestrator.sqlite"
 BUSY_TIMEOUT_S = 30.0  # how long a write waits for another process's lock on the file before StoreBusy
 GROUP_MAX_WRITES = 64  # a group commits at the latest after this many writes ...
-GROUP_MAX_AGE_S = 0.01  # ... or once its first write is this old, however many wait behind it
+GROUP_MAX_AGE_S = 0.005  # ... or once its first write is this old, however many wait behind it
+CHECKPOINT_INTERVAL_S = 1.0  # how often a background thread copies the WAL into the database file
 
 
 _ROW_COLUMNS = "uid, dataset, state, transaction_uid, cancel_request, created_at, modified_at"
@@ -129,6 +133,8 @@ class _GroupCommit:
         self._failed: dict[int, BaseException] = {}  # groups whose commit failed, and why
         self._writes = 0
         self._opened_at = 0.0
+        self._closing = threading.Event()
+        self._checkpointer: threading.Thread | None = None
 
     def owned_by_current_thread(self) -> bool:
         return self._owner == threading.get_ident()
@@ -169,6 +175,12 @@ class _GroupCommit:
     def _enter(self, translate: Translate) -> tuple[sqlite3.Connection, int]:
         if self.conn is None:
             self.conn = self._connect()
+            # the WAL is checkpointed by a thread of its own, not by whichever commit crosses SQLite's threshold:
+            # copying pages and syncing the database file inside a commit held every writer queued behind it
+            self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._checkpointer = threading.Thread(target=self._checkpoint_periodically, name="ai-store-checkpoint",
+                                                  daemon=True)
+            self._checkpointer.start()
         with translate():
             if not self._group:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -212,7 +224,21 @@ class _GroupCommit:
         if failure is not None:
             raise failure
 
+    def _checkpoint_periodically(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while not self._closing.wait(CHECKPOINT_INTERVAL_S):
+            try:
+                conn = conn or self._connect()
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers or the writer
+            except Exception:  # a full disk, a closed store: the next round tries again
+                log.warning("checkpointing the workitem store's WAL failed", exc_info=True)
+        if conn is not None:
+            conn.close()
+
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(10)
         if self.conn is not None:
             self.conn.close()
             self.conn = None
