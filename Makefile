@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PYTHON := $(VENV)/bin/python
 export VENV
 
-.PHONY: install install-test run test test-debian13 test-unit lint demo bench bench-inference bench-events
+.PHONY: install install-test run test test-debian13 test-unit lint demo bench bench-inference bench-events stress
 
 install:
 	scripts/install.sh
@@ -42,3 +42,9 @@ bench-events: install-test
 
 demo: install
 	PYTHONPATH=plugin $(PYTHON) scripts/demo.py
+
+# Everything at once against one real Orthanc (bench/stress.py): 50 HTTP clients on both doors, 200 studies by
+# C-STORE, 100 WebSocket subscribers; fails unless it holds (no 5xx, one winner per claim, every State Report in
+# order, p95 targets). About two minutes.
+stress: install-test
+	$(PYTHON) bench/stress.py
