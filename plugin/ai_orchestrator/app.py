@@ -87,7 +87,7 @@ class Orchestrator:
         self.workitems = WorkitemsApi(self.service, self.subscriptions, self._channel_url)
         self.own_port = OwnPortServer(self.workitems.handle, reports, settings.events_port,
                                       Access(settings.remote_access, settings.authentication,
-                                             settings.registered_users))
+                                             settings.registered_users), settings.ssl_certificate)
         self.own_port_error: str | None = None
         self.subscriptions.add_waker(self.own_port.wake)
         self.registry = Registry.load(settings.models_dir)
@@ -235,10 +235,15 @@ class Orchestrator:
                       self.worker.metrics() if self.worker else {})
 
     def _channel_url(self, request: Request, ae_title: str) -> str:
-        """The event channel's URL for a subscriber, on the host the client reached us by."""
+        """The event channel's URL for a subscriber: under EventsPublicUrl when set (a reverse proxy), else on the
+        host the client reached us by, wss:// when the port serves TLS (Orthanc's SslEnabled)."""
+        path = f"/ws/subscribers/{quote(ae_title, safe='')}"
+        if self.settings.events_public_url:
+            return self.settings.events_public_url + path
         host = urlsplit("//" + request.headers.get("host", "localhost")).hostname or "localhost"
         host = f"[{host}]" if ":" in host else host
-        return f"ws://{host}:{self.settings.events_port}/ws/subscribers/{quote(ae_title, safe='')}"
+        scheme = "wss" if self.settings.ssl_certificate else "ws"
+        return f"{scheme}://{host}:{self.settings.events_port}{path}"
 
     # Lifecycle
     def start_background(self) -> None:

@@ -46,6 +46,8 @@ class Settings:
     host_start_timeout_s: int = 300  # loading the models and warming them up
     store_max_size_mb: int = 0  # the most the workitem store may grow to (507 past it); 0: what the disk holds
     stable_age_s: int = 60  # Orthanc's StableAge: how long a study waits without new instances to be stable
+    ssl_certificate: str | None = None  # the own port serves TLS with it: EventsCertificate, else Orthanc's own
+    events_public_url: str | None = None  # the event channel's base URL as clients reach it (a reverse proxy's)
 
     @property
     def store_path(self) -> Path:
@@ -98,7 +100,19 @@ class Settings:
             host_start_timeout_s=_int(section, "HostStartTimeoutSeconds", 300, minimum=1),
             store_max_size_mb=_int(section, "StoreMaxSizeMB", 0),
             stable_age_s=int(orthanc_config.get("StableAge", 60)),
+            ssl_certificate=_certificate(section, orthanc_config),
+            events_public_url=str(section["EventsPublicUrl"]).rstrip("/") if section.get("EventsPublicUrl") else None,
         )
+
+
+def _certificate(section: Mapping[str, Any], orthanc_config: Mapping[str, Any]) -> str | None:
+    """The PEM file (private key and certificate) the orchestrator's port serves HTTPS and wss:// with:
+    "EventsCertificate", else Orthanc's own "SslCertificate" when "SslEnabled"; None: plain HTTP and ws://."""
+    if section.get("EventsCertificate"):
+        return str(section["EventsCertificate"])
+    if orthanc_config.get("SslEnabled") and orthanc_config.get("SslCertificate"):
+        return str(orthanc_config["SslCertificate"])
+    return None
 
 
 def _authentication(orthanc_config: Mapping[str, Any]) -> bool:

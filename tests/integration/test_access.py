@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import ssl
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -231,3 +233,54 @@ def test_the_panel_shows_html_in_names_labels_reasons_and_model_text_as_text(loc
         assert page.evaluate("window.__pwned") is None
         browser.close()
     assert errors == []
+
+
+# -- TLS on the orchestrator's port ---------------------------------------------------------------------------
+
+def _certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (PEM with the key and the certificate, as Orthanc wants it; the
+    certificate alone, to trust)."""
+    openssl = require_tool("openssl")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    both = folder / "orthanc.pem"
+    both.write_text(key.read_text() + cert.read_text())
+    return both, cert
+
+
+def test_the_orchestrators_port_serves_tls_and_wss_with_a_certificate(tmp_path):
+    """EventsCertificate (Orthanc's own SslCertificate when SslEnabled, on Orthanc releases where SslEnabled works:
+    Debian 12's Orthanc 1.10.1 crashes on its first HTTPS request, plugin or not, so Orthanc's port stays behind a
+    reverse proxy there): HTTPS and wss:// only, the channel's URL says wss://, credentials still required."""
+    certificate, authority = _certificate(tmp_path)
+    env = {"ORTHANC_USERNAME": USER, "ORTHANC_PASSWORD": PASSWORD,
+           "AI_ORCHESTRATOR_SETTINGS": json.dumps({"Workers": 0, "EventsCertificate": str(certificate)})}
+    with OrthancServer(tmp_path / "data", extra_env=env) as server, \
+            httpx.Client(base_url=f"https://127.0.0.1:{server.events_port}", verify=str(authority),
+                         auth=(USER, PASSWORD), timeout=30) as own, \
+            httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD), timeout=30,
+                         limits=ORTHANC_CONNECTION_LIMITS) as api:
+        wait_for(lambda: _answers(own), timeout=60)
+        with pytest.raises(httpx.HTTPError):  # no cleartext on the orchestrator's port
+            httpx.get(f"http://127.0.0.1:{server.events_port}/workitems", auth=(USER, PASSWORD), timeout=10)
+        with httpx.Client(base_url=f"https://127.0.0.1:{server.events_port}", verify=str(authority),
+                          timeout=30) as anonymous:
+            assert anonymous.get("/workitems").status_code == 401
+        subscribed = api.post(f"{ROOT}/workitems/1.2.840.10008.5.1.4.34.5/subscribers/TLSWATCH")
+        assert subscribed.status_code == 201
+        url = subscribed.headers["Content-Location"]
+        assert url == f"wss://127.0.0.1:{server.events_port}/ws/subscribers/TLSWATCH"
+        trust = ssl.create_default_context(cafile=str(authority))
+        token = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        with connect(url, ssl=trust, additional_headers={"Authorization": token}, open_timeout=10) as channel:
+            uid = generate_uid()
+            created = own.post("/workitems", json=new_workitem(uid, label="over-tls").to_json_dict(),
+                               headers={"Content-Type": "application/dicom+json"})
+            assert created.status_code == 201
+            assert created.headers["Location"] == f"https://127.0.0.1:{server.events_port}/workitems/{uid}"
+            report = json.loads(channel.recv(timeout=30))
+            assert report["00001000"]["Value"] == [uid]
+        with pytest.raises(Exception):  # noqa: B017 - cleartext ws:// is refused, however it fails
+            connect(url.replace("wss://", "ws://"), additional_headers={"Authorization": token}, open_timeout=5)

@@ -15,6 +15,7 @@ import base64
 import binascii
 import hmac
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -95,8 +96,12 @@ class _Channels:
 
 
 class OwnPortServer:
-    def __init__(self, api: Handler, reports: SubscriptionStore, port: int, access: Access) -> None:
+    def __init__(self, api: Handler, reports: SubscriptionStore, port: int, access: Access,
+                 certificate: str | None = None) -> None:
+        """``certificate``: a PEM file holding the certificate and its private key (Orthanc's SslCertificate): the
+        port then serves HTTPS and wss:// only."""
         self._api, self._reports, self._port, self._access = api, reports, port, access
+        self._certificate = certificate
         self._channels = _Channels()
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -157,7 +162,11 @@ class OwnPortServer:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._access.host, self._port).start()
+            tls = None
+            if self._certificate:
+                tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                tls.load_cert_chain(self._certificate)
+            await web.TCPSite(runner, self._access.host, self._port, ssl_context=tls).start()
             log.info("orchestrator's port listening on %s:%d", self._access.host, self._port)
             self._started.set()
             background = [asyncio.create_task(self._dispatch()), asyncio.create_task(self._acknowledge_periodically())]
