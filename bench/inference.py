@@ -62,8 +62,8 @@ STAGE_NOTES = {"host": "hand-over to the host and back, less the storing it over
                "bookkeeping": "progress, cancel checks"}
 
 
-def bare_pipeline(paths: list[Path], model, device: torch.device, cpu: list[float] | None = None) -> dict[str, float]:
-    """The stages' wall seconds; ``cpu`` gets the CPU seconds of decode, model and encode (every thread)."""
+def bare_pipeline(paths: list[Path], model, device: torch.device, cpu: list[dict] | None = None) -> dict[str, float]:
+    """The stages' wall seconds; ``cpu`` gets the CPU seconds of each stage (every thread)."""
     timer = StageTimer()
     with timer.stage("fetch"):
         blobs = [path.read_bytes() for path in paths]
@@ -74,7 +74,7 @@ def bare_pipeline(paths: list[Path], model, device: torch.device, cpu: list[floa
     with timer.stage("encode"):
         [to_bytes(ds) for ds in encode(result, volume.datasets, model)]
     if cpu is not None:
-        cpu.append(sum(timer.cpu_seconds[stage] for stage in ("decode", "model", "encode")))
+        cpu.append(dict(timer.cpu_seconds))
     return timer.as_dict()
 
 
@@ -193,7 +193,7 @@ def main() -> int:
 
     bare_pipeline(phantom(0, "warm").paths, model, device)  # this process' own first-call costs, not measured
     bare_runs: list[dict] = []
-    bare_cpu: list[float] = []
+    bare_cpu: list[dict] = []
     e2e_runs: list[tuple[float, dict]] = []
     idle_latency: list[float] = []
     busy_latency: list[float] = []
@@ -272,10 +272,15 @@ def main() -> int:
     print(f"  idle:             {percentiles(idle_latency)}")
     print(f"  during inference: {percentiles(busy_latency)}")
     print(f"model share of the host's wall time       = {model_share:.0%} (decode, model, encode, hand-over)")
-    host_cpu = [sum(run["cpu_seconds"].values()) for run in host_runs if run.get("cpu_seconds")]
+    host_cpu = [run["cpu_seconds"] for run in host_runs if run.get("cpu_seconds")]
     if host_cpu and bare_cpu:
-        print(f"CPU seconds of decode, model and encode   = {median(host_cpu):.3f} in the host, {median(bare_cpu):.3f} "
-              f"bare (every thread; wall clock above waits for CPUs others use too)")
+        work = ("decode", "model", "encode")
+        print(f"CPU seconds of decode, model and encode   = {median([sum(c[s] for s in work) for c in host_cpu]):.3f} "
+              f"in the host, {median([sum(c[s] for s in work) for c in bare_cpu]):.3f} bare (every thread; the wall "
+              f"clock above also waits for CPUs that others use)")
+        for stage in work:
+            print(f"  {stage:<8} host {median([c[stage] for c in host_cpu]):.3f}  "
+                  f"bare {median([c[stage] for c in bare_cpu]):.3f}")
     print(f"CPU seconds per study, upload to COMPLETED = Orthanc {median([o for o, _ in process_cpu]):.3f} (receiving "
           f"the upload, intake, reading, storing), model host {median([h for _, h in process_cpu]):.3f}")
     batch_sizes = sorted({run.get("batch_size") for run in host_runs} - {None})

@@ -297,7 +297,7 @@ class ModelHost:
                         _call_quietly(progress, float(message.header.get("percent", 0)),
                                       str(message.header.get("text", "")))
                     elif message.op == "object":
-                        objects.append(EncodedObject.from_uids(message.header["uids"], bytes(message.parts[0])))
+                        objects.append(EncodedObject.from_uids(message.header["uids"], message.parts[0]))
                         try:
                             if refused is None:
                                 on_object(objects[-1])
@@ -423,7 +423,7 @@ class ModelHost:
         self.started_at, self.ready_at = utc_now().isoformat(), None
         self._start_deadline = time.monotonic() + self.settings.start_timeout_s
         log.warning("%s: started (pid %d, %s mode%s)", self.name, child.pid, self.settings.mode,
-                    "" if warm_up else ", no warm-up after failed starts")
+                    "" if warm_up or not self.settings.warm_up else ", no warm-up after failed starts")
 
     def _spawn(self, child_end: socket.socket, warm_up: bool) -> _Child:
         settings = self.settings

@@ -20,13 +20,13 @@ import signal
 import socket
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+_T = TypeVar("_T")
 _LENGTH = struct.Struct("!I")
 MAX_HEADER_BYTES = 64 * 2**20
-_CHUNK = 2**22  # bytes per recv_into call
 
 # what the host sends back for a failed run: a cancel request, and bad input that no retry will mend
 CANCELED_KIND = "CancelRequested"
@@ -43,7 +43,7 @@ class CancelRequested(Exception):
 @dataclass
 class Message:
     header: dict[str, Any]
-    parts: list[bytearray] = field(default_factory=list)
+    parts: list[bytes] = field(default_factory=list)
 
     @property
     def op(self) -> str:
@@ -92,24 +92,36 @@ class Channel:
         (size,) = _LENGTH.unpack(self.read(_LENGTH.size))
         if size > MAX_HEADER_BYTES:
             raise ChannelClosed(f"a message header of {size} bytes: the channel is out of step")
-        header = json.loads(bytes(self.read(size)))
+        header = json.loads(self.read(size))
         return header, [int(n) for n in header.pop("parts", [])]
 
-    def read(self, size: int) -> bytearray:
+    def read(self, size: int) -> bytes:
+        """The next ``size`` bytes. One ``recv(MSG_WAITALL)`` lands them in the bytes object handed on, so an
+        instance is neither zero-filled first nor copied again (``BytesIO(bytes)`` shares its buffer). When a
+        socket timeout (a non-blocking socket) or a signal cuts that short, the rest is gathered and copied once."""
+        if not size:
+            return b""
+        first = self._receive(self.sock.recv, size, socket.MSG_WAITALL)
+        if len(first) == size:
+            return first
         buffer = bytearray(size)
-        view = memoryview(buffer)
-        got = 0
+        buffer[:len(first)] = first
+        view, got = memoryview(buffer), len(first)
         while got < size:
-            try:
-                count = self.sock.recv_into(view[got:], min(size - got, _CHUNK))
-            except TimeoutError:  # a socket timeout the caller set: the other end stopped writing
-                raise
-            except OSError as error:
-                raise ChannelClosed(f"the channel is closed: {error}") from error
-            if count == 0:
-                raise ChannelClosed("the other end closed the channel")
-            got += count
-        return buffer
+            got += self._receive(self.sock.recv_into, view[got:], size - got)
+        return bytes(buffer)
+
+    @staticmethod
+    def _receive(call: Callable[..., _T], *args: Any) -> _T:
+        try:
+            answer = call(*args)
+        except TimeoutError:  # a socket timeout the caller set: the other end stopped writing
+            raise
+        except OSError as error:
+            raise ChannelClosed(f"the channel is closed: {error}") from error
+        if not answer:  # b"" or 0 bytes: the end of the channel
+            raise ChannelClosed("the other end closed the channel")
+        return answer
 
     def close(self) -> None:
         try:

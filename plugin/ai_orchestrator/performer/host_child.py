@@ -76,7 +76,7 @@ class HostRunContext(dict):
             raise CancelRequested("canceled on request while running")
 
 
-def run_model(model: ModelSpec, blobs: Iterable[bytes | bytearray], device: torch.device, context: HostRunContext,
+def run_model(model: ModelSpec, blobs: Iterable[bytes], device: torch.device, context: HostRunContext,
               on_object: Callable[[EncodedObject], None] = lambda _o: None) -> list[EncodedObject]:
     """One run: the instances' bytes in (parsed as they arrive), the result objects' bytes out, each handed to
     ``on_object`` as soon as it is written."""
@@ -104,13 +104,13 @@ class _Job:
 
     def __init__(self, header: dict[str, Any], count: int):
         self.header, self.count = header, count
-        self.parts: queue.Queue[bytearray | None] = queue.Queue()
+        self.parts: queue.Queue[bytes | None] = queue.Queue()
 
     @property
     def id(self) -> str:
         return str(self.header.get("job"))
 
-    def blobs(self) -> Iterator[bytearray]:
+    def blobs(self) -> Iterator[bytes]:
         for _ in range(self.count):
             part = self.parts.get()
             if part is None:
