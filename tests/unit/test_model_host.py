@@ -236,3 +236,26 @@ def test_a_frozen_host_times_out_too(host):
     with pytest.raises(ModelTimedOut, match=r"^quick 1 timed out after 1 s; the model host \(pid \d+\) was killed$"):
         host.run("quick", mr_blobs(40), timeout_s=1, label="quick 1")  # more than the socket buffers hold
     assert host.run("quick", mr_blobs(1)).objects
+
+
+def test_a_host_that_cannot_start_fails_the_run_saying_why():
+    host = ModelHost(HostSettings(MODELS_DIR, "cpu", python="/nonexistent/python", warm_up=False))
+    host.start()
+    try:
+        with pytest.raises(HostDied, match=r"the model host could not be started: .*/nonexistent/python"):
+            host.run("quick", mr_blobs(1))
+        assert host.describe()["State"] == "restarting" and host.describe()["Pid"] is None
+    finally:
+        host.stop()
+
+
+def test_a_host_whose_models_cannot_load_there_says_so(tmp_path):
+    (tmp_path / "broken.py").write_text("raise ImportError('no such runtime here')\n")
+    host = ModelHost(HostSettings(tmp_path, "cpu", warm_up=False))
+    host.start()
+    try:
+        with pytest.raises(ModelRunError, match=r"has no model 'broken': it failed to load there: ImportError"):
+            host.run("broken", mr_blobs(1))
+        assert host.describe_model("broken")["status"] == "error"
+    finally:
+        host.stop()
