@@ -1,13 +1,14 @@
 """make stress: everything at once against one real Orthanc with the plugin, on loopback, bounded in count and time.
 
     .venv/bin/python bench/stress.py [--clients 50] [--studies 200] [--subscribers 100] [--per-client 4]
-                                     [--think-ms 400] [--timeout 240] [--json FILE]
+                                     [--think-ms 1000] [--timeout 240] [--json FILE]
 
 The load, all at the same time:
 - ``--clients`` HTTP clients, half on Orthanc's routes (/ai-orchestrator), half on the orchestrator's own port, each
   an external AI engine: it creates ``--per-client`` workitems along the way, searches the SCHEDULED ones, claims one
   (half the time the one every other engine also sees first), reports progress and completes it (one in ten it
-  cancels), pausing about ``--think-ms`` between steps;
+  cancels), pausing about ``--think-ms`` between steps (engines that poll without pausing saturate any server: then
+  every figure below only measures the queue they build);
 - ``--studies`` small studies (two 16x16 MR slices each) sent by dcmtk's ``storescu`` from ten senders at once;
   each becomes one ``head-mr-pipeline`` workitem (the plugin runs with ``Workers: 0``: no model runs in process,
   so every workitem is the engines' to take, and no heavy model costs CI time);
@@ -388,7 +389,7 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--per-client", type=int, default=4, help="workitems each client creates")
-    parser.add_argument("--think-ms", type=float, default=400.0, help="an engine's pause between two steps")
+    parser.add_argument("--think-ms", type=float, default=1000.0, help="an engine's pause between two steps")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds the load may take at most")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()

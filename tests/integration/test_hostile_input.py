@@ -338,13 +338,16 @@ def test_the_websocket_channel_refuses_what_it_should_and_survives_floods(quiet)
             while True:
                 last.recv(timeout=10)
         assert last.close_code == 1009
-    # Orthanc's door speaks no WebSocket: an upgrade there is a plain 4xx
-    for _ in range(20):
-        answer = quiet.client.get(f"{ROOT}/ws/subscribers/FLOODED",
+    # Orthanc's door speaks no WebSocket: an upgrade there is a plain 4xx ("Connection: Upgrade" is no keep-alive:
+    # Orthanc closes each connection after its answer, so none is reused)
+    with httpx.Client(base_url=quiet.base_url, timeout=30,
+                      limits=httpx.Limits(max_keepalive_connections=0)) as upgrades:
+        for _ in range(20):
+            answer = upgrades.get(f"{ROOT}/ws/subscribers/FLOODED",
                                   headers={"Connection": "Upgrade", "Upgrade": "websocket",
                                            "Sec-WebSocket-Version": "13",
                                            "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()})
-        assert answer.status_code == 404
+            assert answer.status_code == 404
     assert quiet.client.get(f"{ROOT}/system").status_code == 200
 
 

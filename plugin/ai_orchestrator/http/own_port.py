@@ -34,6 +34,7 @@ log = logging.getLogger("ai_orchestrator.own_port")
 
 MAX_CLIENT_FRAME = 64 * 1024  # a client has nothing to say on the channel: larger frames close it (1009)
 SEND_TIMEOUT_S = 5.0  # a consumer that takes longer for one frame is disconnected; its reports stay kept
+SEND_BUFFER = 256 * 1024  # bytes waiting in a channel's socket buffer before a frame is sent under SEND_TIMEOUT_S
 BATCH = 500
 LIVE_QUEUE = 10_000  # reports handed to one connection and not sent yet: past that it is dropped as too slow
 ACK_INTERVAL_S = 0.5  # delivered reports are forgotten in one transaction this often
@@ -72,6 +73,7 @@ class Access:
 class _Connection:
     socket: web.WebSocketResponse
     live: asyncio.Queue[PendingReport]  # reports kept since it connected, handed over by the dispatcher
+    transport: asyncio.Transport | None = None
     last_sent: int = 0
 
 
@@ -220,7 +222,7 @@ class OwnPortServer:
         previous = self._channels.connections.pop(ae_title, None)
         if previous is not None:  # one channel per subscriber: the newest wins
             await previous.socket.close(code=1008, message=b"replaced by a newer connection")
-        connection = _Connection(socket, asyncio.Queue(maxsize=LIVE_QUEUE))
+        connection = _Connection(socket, asyncio.Queue(maxsize=LIVE_QUEUE), request.transport)
         self._channels.connections[ae_title] = connection
         sender = asyncio.create_task(self._send(ae_title, connection))
         try:
@@ -249,16 +251,22 @@ class OwnPortServer:
                 if len(backlog) < BATCH:
                     break
             while not connection.socket.closed:
-                report = await connection.live.get()
-                if report.id > connection.last_sent:
-                    await self._deliver(ae_title, connection, report)
+                batch = [await connection.live.get()]
+                while not connection.live.empty():  # what else is waiting, without a wake-up each
+                    batch.append(connection.live.get_nowait())
+                for report in batch:
+                    if report.id > connection.last_sent:
+                        await self._deliver(ae_title, connection, report)
         except (TimeoutError, ConnectionResetError) as error:
             log.warning("event channel of %s dropped (%s); its reports stay kept", ae_title, type(error).__name__)
             await connection.socket.close(code=1013, message=b"too slow")
 
     async def _deliver(self, ae_title: str, connection: _Connection, report: PendingReport) -> None:
         frame = frame_with_message_id(report.text, report.id)
-        await asyncio.wait_for(connection.socket.send_str(frame), SEND_TIMEOUT_S)
+        if connection.transport is not None and connection.transport.get_write_buffer_size() < SEND_BUFFER:
+            await connection.socket.send_str(frame)  # goes straight into the socket's buffer
+        else:  # the consumer is behind: it gets SEND_TIMEOUT_S to take this one
+            await asyncio.wait_for(connection.socket.send_str(frame), SEND_TIMEOUT_S)
         connection.last_sent = report.id
         self._channels.delivered[ae_title] = report.id
 
