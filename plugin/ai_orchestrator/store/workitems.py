@@ -178,9 +178,10 @@ class _GroupCommit:
             # the WAL is checkpointed by a thread of its own, not by whichever commit crosses SQLite's threshold:
             # copying pages and syncing the database file inside a commit held every writer queued behind it
             self.conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self._checkpointer = threading.Thread(target=self._checkpoint_periodically, name="ai-store-checkpoint",
-                                                  daemon=True)
-            self._checkpointer.start()
+            if self._checkpointer is None:
+                self._checkpointer = threading.Thread(target=self._checkpoint_periodically,
+                                                      name="ai-store-checkpoint", daemon=True)
+                self._checkpointer.start()
         with translate():
             if not self._group:
                 self.conn.execute("BEGIN IMMEDIATE")
@@ -203,8 +204,12 @@ class _GroupCommit:
                     self.conn.execute("COMMIT")  # the fsync every write of the group waits for
             except BaseException as error:
                 failure = error
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                try:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                except sqlite3.Error:  # the connection is past saving: the next write opens a new one
+                    self.conn.close()
+                    self.conn = None
             with self._changed:
                 self._group = 0
                 if failure is not None:
@@ -221,8 +226,11 @@ class _GroupCommit:
             while self._committed < group:
                 self._changed.wait()
             failure = self._failed.get(group)
-        if failure is not None:
-            raise failure
+        if failure is not None:  # every write of the group raises its own copy
+            if isinstance(failure, StoreError):
+                raise type(failure)(str(failure)) from failure
+            raise StoreError(f"committing the workitem store failed, nothing of this write was kept: {failure}") \
+                from failure
 
     def _checkpoint_periodically(self) -> None:
         conn: sqlite3.Connection | None = None
