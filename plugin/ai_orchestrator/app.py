@@ -11,6 +11,7 @@ import json
 import logging
 import platform
 import re
+from collections import deque
 from collections.abc import Callable
 from operator import attrgetter
 from urllib.parse import quote, urlsplit
@@ -48,7 +49,7 @@ from .requester.manual_run import ManualRunError, schedule_run
 from .requester.matching import default_matcher
 from .store.claims import ClaimLedger
 from .store.subscriptions import SubscriptionStore
-from .store.workitems import WorkitemStore
+from .store.workitems import StoreError, WorkitemStore
 from .ups.clock import utc_now
 from .ups.events import GOING_DOWN, RESTARTED
 
@@ -110,6 +111,7 @@ class Orchestrator:
             settings.worklist_filter_issuer_aet, settings.dicom_aet,
             frozenset(self.worker.models) if self.worker else frozenset()))
         self._metrics_task: PeriodicTask | None = None
+        self._unqueued: deque[tuple[str, str]] = deque()  # change events the store could not take yet
         self._intake_task = PeriodicTask("ai-intake", self._intake_step, INTAKE_POLL_S)
         self._housekeeping_task = PeriodicTask("ai-housekeeping", self._housekeeping_step,
                                                settings.housekeeping_interval_s)
@@ -201,14 +203,26 @@ class Orchestrator:
 
     # Change events: record durably and return (the intake thread does the work)
     def on_stable_study(self, orthanc_study_id: str) -> None:
-        self.store.enqueue_event(STABLE_STUDY, orthanc_study_id)
-        self._intake_task.wake()
+        self._enqueue(STABLE_STUDY, orthanc_study_id)
 
     def on_deleted_study(self, orthanc_study_id: str) -> None:
-        self.store.enqueue_event(DELETED_STUDY, orthanc_study_id)
+        self._enqueue(DELETED_STUDY, orthanc_study_id)
+
+    def _enqueue(self, kind: str, orthanc_study_id: str) -> None:
+        """Orthanc sends each change once: one the store cannot take now (a full disk, another process's lock) is
+        held in memory and queued by the intake thread as soon as the store takes writes again."""
+        try:
+            self.store.enqueue_event(kind, orthanc_study_id)
+        except StoreError as error:
+            log.error("%s of study %s kept in memory until the store takes it: %s", kind, orthanc_study_id, error)
+            self._unqueued.append((kind, orthanc_study_id))
         self._intake_task.wake()
 
     def _intake_step(self) -> None:
+        while self._unqueued:
+            kind, study = self._unqueued[0]
+            self.store.enqueue_event(kind, study)  # raises while the store still refuses: tried at the next step
+            self._unqueued.popleft()
         if self.intake.process_pending() and self.worker:
             self.worker.wake()
 
