@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from ai_orchestrator.manager.service import WorkitemService
+from ai_orchestrator.manager.service import OPTIMISTIC_TRIES, WorkitemService
 from ai_orchestrator.store.workitems import WorkitemStore
 from ai_orchestrator.ups.constants import (
     CANCELED,
@@ -372,6 +372,51 @@ def test_concurrent_claim_next_never_hands_out_an_item_twice(service):
     for t in threads:
         t.join()
     assert sorted(claimed) == sorted(created)
+
+
+def _another_write_after_each_read(service, store, monkeypatch, write, times=1):
+    """The next ``times`` committed reads of the service are each followed by ``write`` (another client's, landing
+    between the service's decision and its own write)."""
+    read, left, writing = store.versioned, [times], [False]
+
+    def versioned(uid):
+        found = read(uid)
+        if left[0] > 0 and not writing[0]:  # not the other write's own read
+            left[0], writing[0] = left[0] - 1, True
+            write()
+            writing[0] = False
+        return found
+    monkeypatch.setattr(store, "versioned", versioned)
+
+
+def test_a_decision_overtaken_by_another_write_is_made_again_from_it(service, store, monkeypatch, events):
+    uid = in_progress(service)
+    _another_write_after_each_read(
+        service, store, monkeypatch, lambda: service.report_progress(uid, T1, 40, "another write"))
+    service.report_progress(uid, T1, 70, "this write")
+    item = service.retrieve(uid)
+    progress = item["00741002"]["Value"][0]  # ProcedureStepProgressInformationSequence
+    assert progress["00741004"]["Value"] == [70]
+    assert [e.type for e in events][-2:] == [EventType.PROGRESS, EventType.PROGRESS]
+
+
+def test_a_claim_overtaken_by_another_claim_loses(service, store, monkeypatch):
+    uid = service.create(sample_workitem()).uid
+    _another_write_after_each_read(service, store, monkeypatch, lambda: service.claim(uid, T2))
+    assert service.claim(uid, T1) is False
+    assert service.transaction_uid_of(uid) == T2
+
+
+def test_a_decision_overtaken_every_time_is_made_under_the_write_lock(service, store, monkeypatch):
+    uid = in_progress(service)
+    percent = iter(range(1, 100))
+    _another_write_after_each_read(service, store, monkeypatch,
+                                   lambda: service.report_progress(uid, T1, next(percent), "another"),
+                                   times=OPTIMISTIC_TRIES)
+    service.change_state(uid, COMPLETED, T1, completion_attributes())
+    assert state_of(service, uid) == COMPLETED
+    progress = service.retrieve(uid)["00741002"]["Value"][0]
+    assert progress["00741004"]["Value"] == [OPTIMISTIC_TRIES]  # every overtaking write is kept
 
 
 def test_restart_keeps_everything_acknowledged(tmp_path, clock):

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 
 import pytest
+from pydicom.uid import generate_uid
 
 from ai_orchestrator.http.messages import Request
 from ai_orchestrator.http.workitems import WorkitemsApi
@@ -82,13 +83,19 @@ def test_a_change_and_its_reports_commit_together_or_not_at_all(store, service):
     subscriptions = SubscriptionService(reports, service)
     subscriptions.subscribe(SubscribeRequest(GLOBAL_WORKLIST_UID, "WATCHER"))
 
-    def broken(event) -> None:
-        raise StoreFull("no room for the reports")
+    def broken(event):
+        def write() -> None:  # runs inside the change's transaction, after the workitem is written
+            raise StoreFull("no room for the reports")
+        return write
 
+    uid = service.create(sample_workitem()).uid
+    pending = reports.pending("WATCHER")
     service.add_recorder(broken)
     with pytest.raises(StoreFull):
         service.create(sample_workitem())
-    assert service.counts_by_state()["SCHEDULED"] == 0 and reports.pending("WATCHER") == []
+    with pytest.raises(StoreFull):
+        service.change_state(uid, "IN PROGRESS", generate_uid())
+    assert service.counts_by_state()["SCHEDULED"] == 1 and reports.pending("WATCHER") == pending
 
 
 def test_a_write_inside_a_write_joins_it_and_rolls_back_with_it(store):

@@ -1,9 +1,13 @@
 """Workitem business operations: the UPS rules (``ups``) applied to the store, one transaction each.
 
-Every operation that changes a workitem reads it, decides and writes inside one ``BEGIN IMMEDIATE``
-transaction, so a failed call changes nothing and two concurrent claims cannot both win. Recorders (the event
-reports kept for subscribers) write inside that transaction, so a change and its reports commit together or not
-at all, in commit order; listeners are told after the commit.
+Every operation that changes a workitem writes inside one ``BEGIN IMMEDIATE`` transaction, so a failed call
+changes nothing and two concurrent claims cannot both win. The decision is optimistic: it is made from the
+committed workitem, before the write lock is taken (parsing, validating and encoding a dataset take milliseconds
+of Python, and every writer queued behind the lock waited for them), and written only if the stored workitem is
+still the one it was made from; if another write came first, it is made again. A refusal made from committed
+state is as good as one made under the lock: it is what a request served just before that other write gets.
+Recorders (the event reports kept for subscribers) prepare outside the transaction and write inside it, so a
+change and its reports commit together or not at all, in commit order; listeners are told after the commit.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from datetime import UTC, datetime
 from pydicom import Dataset
 from pydicom.uid import UID, generate_uid
 
-from ..store.workitems import StoreTransaction, WorkitemRow, WorkitemStore
+from ..store.workitems import RowVersion, StoreTransaction, WorkitemRow, WorkitemStore
 from ..ups import criteria, state_machine
 from ..ups import search as ups_search
 from ..ups.attributes import (
@@ -43,6 +47,11 @@ from ..ups.notifications import EventType, Listener, Listeners, WorkitemEvent
 from ..ups.validation import check_final_requirements, validate_create, validate_update
 
 DatasetLike = Mapping | Dataset
+Write = Callable[[], None]
+# Told of an event before its change is written, outside the write lock: answers what to write inside the change's
+# transaction (None: nothing). What it writes commits with the change; when the write raises, nothing is kept.
+Recorder = Callable[[WorkitemEvent], Write | None]
+OPTIMISTIC_TRIES = 3  # decisions made from committed state before one is made under the write lock
 _ASSIGNMENT = ("ScheduledStationNameCodeSequence", "ScheduledHumanPerformersSequence")  # UPS Assigned (CC.2.4)
 
 
@@ -114,22 +123,26 @@ class WorkitemService:
         self._store = store
         self._clock = clock
         self._listeners = Listeners()
-        self._recorders: list[Listener] = []
+        self._recorders: list[Recorder] = []
 
     def add_listener(self, callback: Listener) -> None:
         """``callback(event)`` after each commit: created, state changed, progress, cancel requested."""
         self._listeners.add(callback)
 
-    def add_recorder(self, callback: Listener) -> None:
-        """``callback(event)`` inside the change's transaction, on the changing thread, before the commit: what it
-        writes to the store commits with the change; when it raises, the change is rolled back and the caller gets
-        the error. Register before serving requests."""
-        self._recorders.append(callback)
+    def add_recorder(self, recorder: Recorder) -> None:
+        """``recorder(event)`` before the change is written, on the changing thread, outside the write lock; the
+        write it answers runs inside the change's transaction: what it writes commits with the change, and when it
+        raises, the change is rolled back and the caller gets the error. Register before serving requests."""
+        self._recorders.append(recorder)
 
-    def _record(self, events: list[WorkitemEvent]) -> None:
-        for event in events:
-            for recorder in self._recorders:
-                recorder(event)
+    def _prepare(self, events: list[WorkitemEvent]) -> list[Write]:
+        return [write for event in events for recorder in self._recorders
+                if (write := recorder(event)) is not None]
+
+    @staticmethod
+    def _record(writes: list[Write]) -> None:
+        for write in writes:
+            write()
 
     # -- UPS-RS transactions --------------------------------------------------------------------------
     def create(self, dataset: DatasetLike, uid: str | None = None) -> Outcome:
@@ -142,11 +155,12 @@ class WorkitemService:
         stamp(ds, now)
         row = WorkitemRow(uid, to_json(ds), SCHEDULED, created_at=_iso(now), modified_at=_iso(now))
         events = [WorkitemEvent(EventType.CREATED, uid, row.dataset)]
+        writes = self._prepare(events)
         with self._store.transaction() as tx:
             if tx.get(uid) is not None or tx.is_purged(uid):
                 raise conflict(f"Workitem {uid} already exists", Status.DUPLICATE_INSTANCE)
             tx.insert(row)
-            self._record(events)
+            self._record(writes)
         self._listeners.emit(events)
         return Outcome(uid, [Warnings.CREATED_WITH_MODIFICATIONS] if modified else [])
 
@@ -195,22 +209,11 @@ class WorkitemService:
         extra = _as_dataset(dataset)
         for keyword in ("ProcedureStepState", "TransactionUID"):
             _pop(extra, keyword)
-        if state == IN_PROGRESS:
-            self._refuse_a_lost_claim(uid, transaction_uid)
 
         def allowed(row: WorkitemRow) -> None:  # the state machine's refusals, before the dataset is parsed
             state_machine.change_state(uid, row.state, state, transaction_uid, row.transaction_uid)
 
         return Outcome(uid, self._run(uid, self._transition(uid, state, transaction_uid, extra), allowed).warnings)
-
-    def _refuse_a_lost_claim(self, uid: str, transaction_uid: str | None) -> None:
-        """A claim of a workitem that is no longer SCHEDULED can never win (no state goes back to SCHEDULED): refuse it
-        from what is committed, without queueing for the write lock behind the claim that did win."""
-        committed = self._store.get(uid)
-        if committed is None:
-            raise _absent(self._store, uid)
-        if committed.state != SCHEDULED:
-            state_machine.change_state(uid, committed.state, IN_PROGRESS, transaction_uid, committed.transaction_uid)
 
     def _transition(self, uid: str, state: str, tuid: str | None, extra: Dataset) -> Decision:
         def decide(row: WorkitemRow, ds: Dataset, now: datetime) -> _Change:
@@ -291,9 +294,12 @@ class WorkitemService:
             uid = tx.next_to_claim(where)
             if uid is None:
                 return None
-            change, row = self._apply(tx, uid, self._transition(uid, IN_PROGRESS, transaction_uid, Dataset()))
+            change, row = self._apply(tx.get(uid), uid, self._transition(uid, IN_PROGRESS, transaction_uid,
+                                                                          Dataset()))
+            if change.dataset_changed or change.row_changed:
+                tx.replace(row)
             events = self._events(change, row)
-            self._record(events)
+            self._record(self._prepare(events))
         self._listeners.emit(events)
         return uid
 
@@ -364,18 +370,41 @@ class WorkitemService:
 
     # -- the read-decide-write core ------------------------------------------------------------------
     def _run(self, uid: str, decide: Decision, check: Callable[[WorkitemRow], None] | None = None) -> _Change:
-        with self._store.transaction() as tx:
-            change, row = self._apply(tx, uid, decide, check)
+        for _ in range(OPTIMISTIC_TRIES):
+            found = self._store.versioned(uid)
+            change, row = self._apply(found[0] if found else None, uid, decide, check)
             events = self._events(change, row)
-            self._record(events)
+            writes = self._prepare(events)
+            if self._write_if_unchanged(row, found[1] if found else None, change, writes):
+                self._listeners.emit(events)
+                return change
+        with self._store.transaction() as tx:  # contended: decided under the lock
+            change, row = self._apply(tx.get(uid), uid, decide, check)
+            if change.dataset_changed or change.row_changed:
+                tx.replace(row)
+            events = self._events(change, row)
+            self._record(self._prepare(events))
         self._listeners.emit(events)
         return change
 
-    def _apply(self, tx: StoreTransaction, uid: str, decide: Decision,
+    def _write_if_unchanged(self, row: WorkitemRow, version: RowVersion | None, change: _Change,
+                            writes: list[Write]) -> bool:
+        """Write a decision made from ``version`` of the workitem; False (nothing written) when it changed since."""
+        if not (change.dataset_changed or change.row_changed or writes):
+            return True  # nothing to write (a refusal would have raised): as of the committed state read
+        with self._store.transaction() as tx:
+            if tx.version(row.uid) != version:
+                return False
+            if change.dataset_changed or change.row_changed:
+                tx.replace(row)
+            self._record(writes)
+        return True
+
+    def _apply(self, row: WorkitemRow | None, uid: str, decide: Decision,
                check: Callable[[WorkitemRow], None] | None = None) -> tuple[_Change, WorkitemRow]:
-        row = tx.get(uid)
+        """The decision on ``row`` (the stored workitem, None when there is none); ``row`` becomes the result."""
         if row is None:
-            raise _absent(tx, uid)
+            raise _absent(self._store, uid)
         if check is not None:
             check(row)
         ds, now = from_json(row.dataset), self._clock()
@@ -383,8 +412,6 @@ class WorkitemService:
         if change.dataset_changed:
             stamp(ds, now)
             row.dataset, row.modified_at = to_json(ds), _iso(now)
-        if change.dataset_changed or change.row_changed:
-            tx.replace(row)
         return change, row
 
     @staticmethod

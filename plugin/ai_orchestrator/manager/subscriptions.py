@@ -42,7 +42,7 @@ class SubscriptionService:
     def __init__(self, store: SubscriptionStore, workitems: WorkitemService) -> None:
         self._store, self._workitems = store, workitems
         self._wakers: list[Waker] = []
-        workitems.add_recorder(self.on_workitem_event)  # inside the change's transaction: one writer at a time
+        workitems.add_recorder(self.on_workitem_event)  # its write runs inside the change's transaction
         workitems.add_listener(self._woken_by)
 
     def add_waker(self, waker: Waker) -> None:
@@ -92,17 +92,22 @@ class SubscriptionService:
         self._wake(titles)
 
     # -- events ----------------------------------------------------------------------------------------
-    def on_workitem_event(self, event: WorkitemEvent) -> None:
-        """The workitem service's recorder, inside the change's transaction: one report per subscriber of the
-        workitem (a global subscriber's new workitems become its subscriptions)."""
-        new_subscriptions = self._worklist_subscriptions(event) if event.type is EventType.CREATED else []
-        subscribers = self._store.of_scope(event.uid) + new_subscriptions
+    def on_workitem_event(self, event: WorkitemEvent) -> Callable[[], None] | None:
+        """The workitem service's recorder: the report is made before the write lock is taken; the write, inside the
+        change's transaction, keeps it for each subscriber of the workitem as subscribed then (a global subscriber's
+        new workitems become its subscriptions)."""
         report = _report_of(event)
-        if report is None or not subscribers:
-            return
+        if report is None:
+            return None
         final = event.type is EventType.STATE_CHANGED and _state_of(event.dataset) in FINAL_STATES
-        titles = sorted({s.ae_title for s in subscribers})
-        self._store.keep([Delivery(ae, event.uid, report, final) for ae in titles], new_subscriptions)
+
+        def keep() -> None:
+            new_subscriptions = self._worklist_subscriptions(event) if event.type is EventType.CREATED else []
+            subscribers = self._store.of_scope(event.uid) + new_subscriptions
+            if subscribers:
+                titles = sorted({s.ae_title for s in subscribers})
+                self._store.keep([Delivery(ae, event.uid, report, final) for ae in titles], new_subscriptions)
+        return keep
 
     def _woken_by(self, event: WorkitemEvent) -> None:
         """After the commit: the channel reads what was kept (it finds the subscribers itself)."""

@@ -116,6 +116,7 @@ class _Connections:
 
 
 Translate = Callable[[], AbstractContextManager[None]]
+RowVersion = tuple[str, str | None, str | None]  # the stored dataset, transaction UID and cancel request
 
 
 class _GroupCommit:
@@ -267,6 +268,17 @@ class StoreTransaction:
     def get(self, uid: str) -> WorkitemRow | None:
         found = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM workitems WHERE uid = ?", (uid,)).fetchone()
         return _row(found) if found else None
+
+    def versioned(self, uid: str) -> tuple[WorkitemRow, RowVersion] | None:
+        """The workitem and its version, to write a change decided from it only if nobody wrote it since."""
+        found = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM workitems WHERE uid = ?", (uid,)).fetchone()
+        return (_row(found), (found[1], found[3], found[4])) if found else None
+
+    def version(self, uid: str) -> RowVersion | None:
+        """What a write changes, as stored text: equal versions are the same stored workitem."""
+        found = self._conn.execute("SELECT dataset, transaction_uid, cancel_request FROM workitems WHERE uid = ?",
+                                   (uid,)).fetchone()
+        return (found[0], found[1], found[2]) if found else None
 
     def is_purged(self, uid: str) -> bool:
         return self._conn.execute("SELECT 1 FROM tombstones WHERE uid = ?", (uid,)).fetchone() is not None
@@ -450,6 +462,10 @@ class WorkitemStore:
     # -- reads -------------------------------------------------------------------------------------------
     def get(self, uid: str) -> WorkitemRow | None:
         return StoreTransaction(self._connection()).get(uid)
+
+    def versioned(self, uid: str) -> tuple[WorkitemRow, RowVersion] | None:
+        """The committed workitem and its version (see :meth:`StoreTransaction.version`)."""
+        return StoreTransaction(self._connection()).versioned(uid)
 
     def is_purged(self, uid: str) -> bool:
         return StoreTransaction(self._connection()).is_purged(uid)
