@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -263,10 +264,16 @@ class Record:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    body: bytes
+
+
 class Engine:
     """One external AI engine on one door."""
 
-    def __init__(self, number: int, door: str, client: httpx.AsyncClient, record: Record, think_s: float,
+    def __init__(self, number: int, door: str, client: aiohttp.ClientSession, record: Record, think_s: float,
                  per_client: int, stop: asyncio.Event) -> None:
         self.number, self.door, self.client, self.record = number, door, client, record
         self.think_s, self.per_client, self.stop = think_s, per_client, stop
@@ -274,24 +281,25 @@ class Engine:
         self.random = random.Random(number)
 
     async def call(self, operation: str, method: str, path: str, expected: tuple[int, ...] = (200,),
-                   **kwargs: Any) -> httpx.Response | None:
+                   **kwargs: Any) -> Answer | None:
         began = time.perf_counter()
         try:
-            answer = await self.client.request(method, self.base + path, **kwargs)
-        except httpx.HTTPError as error:
+            async with self.client.request(method, self.base + path, **kwargs) as response:
+                answer = Answer(response.status, await response.read())
+        except (aiohttp.ClientError, TimeoutError) as error:
             self.record.statuses[(self.door, operation, type(error).__name__)] += 1
             self.record.errors.append(f"{self.door} {operation} {path}: {type(error).__name__}: {error}")
             return None
         self.record.latencies[(self.door, operation)].append(time.perf_counter() - began)
         self.record.statuses[(self.door, operation, answer.status_code)] += 1
         if answer.status_code not in expected:
-            self.record.errors.append(f"{self.door} {operation} {path}: {answer.status_code} {answer.text[:300]}")
+            self.record.errors.append(f"{self.door} {operation} {path}: {answer.status_code} {answer.body[:300]!r}")
         return answer
 
     async def create(self, n: int) -> None:
         body = sample_workitem(patient_id=f"API-{self.number:02d}-{n}", label=API_LABEL, code=API_CODE,
                                study_uid=f"2.25.{uuid.uuid4().int}")
-        await self.call("create", "POST", "/workitems", (201,), content=json.dumps(body), headers=DICOM_JSON)
+        await self.call("create", "POST", "/workitems", (201,), data=json.dumps(body), headers=DICOM_JSON)
 
     async def run(self) -> None:
         await asyncio.sleep(self.think_s * 10 * self.random.random())  # engines come up one after another
@@ -303,7 +311,7 @@ class Engine:
             found = await self.call("search", "GET", "/workitems",
                                     params={"ProcedureStepState": "SCHEDULED", "InputReadinessState": "READY",
                                             "limit": "10", "includefield": "ProcedureStepLabel"})
-            items = found.json() if found is not None and found.status_code == 200 else []
+            items = json.loads(found.body) if found is not None and found.status_code == 200 else []
             if items:
                 # half the time the first item, which every engine sees first: claims collide
                 item = items[0] if self.random.random() < 0.5 else self.random.choice(items)
@@ -313,7 +321,7 @@ class Engine:
     async def work_on(self, uid: str) -> None:
         tuid = generate_uid()
         claim = await self.call("claim", "PUT", f"/workitems/{uid}/state", (200, 409), headers=DICOM_JSON,
-                                content=json.dumps(
+                                data=json.dumps(
             {"00741000": {"vr": "CS", "Value": ["IN PROGRESS"]}, "00081195": {"vr": "UI", "Value": [tuid]}}))
         if claim is None:
             return
@@ -328,7 +336,7 @@ class Engine:
         if final == "COMPLETED":
             body |= completion_attributes()
         ended = await self.call("complete", "PUT", f"/workitems/{uid}/state", headers=DICOM_JSON,
-                                content=json.dumps(body))
+                                data=json.dumps(body))
         if ended is not None and ended.status_code == 200:
             self.record.finals[uid] = final
 
@@ -340,7 +348,7 @@ class Engine:
         else:
             params = {"transaction-uid": tuid}
         await self.call("update", "POST", f"/workitems/{uid}", params=params, headers=DICOM_JSON,
-                        content=json.dumps(dataset))
+                        data=json.dumps(dataset))
 
 
 async def run_engines(server: OrthancServer, clients: int, per_client: int, think_s: float, expected_total: int,
@@ -348,9 +356,12 @@ async def run_engines(server: OrthancServer, clients: int, per_client: int, thin
     stop = asyncio.Event()
     # Orthanc 1.10 closes a keep-alive connection idle for about a second, and a busy client cannot promise to reuse
     # it sooner: a request sent on it as it closes fails. Engines on Orthanc's routes open a connection per request.
-    orthanc = httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=httpx.Limits(
-        max_connections=clients, max_keepalive_connections=0))
-    own = httpx.AsyncClient(base_url=server.own_port_url, timeout=60, limits=httpx.Limits(max_connections=clients))
+    # aiohttp, not httpx: the engines share the two cores with Orthanc, and aiohttp's client takes a fraction of
+    # httpx's CPU per request (what the engines burn, the server's latency pays)
+    timeout = aiohttp.ClientTimeout(total=60)
+    orthanc = aiohttp.ClientSession(server.base_url, timeout=timeout, connector=aiohttp.TCPConnector(
+        limit=clients, force_close=True))
+    own = aiohttp.ClientSession(server.own_port_url, timeout=timeout, connector=aiohttp.TCPConnector(limit=clients))
     engines = [Engine(n, "orthanc" if n % 2 == 0 else "own", orthanc if n % 2 == 0 else own, record, think_s,
                       per_client, stop) for n in range(clients)]
     tasks = [asyncio.create_task(engine.run()) for engine in engines]
@@ -360,8 +371,8 @@ async def run_engines(server: OrthancServer, clients: int, per_client: int, thin
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-        await orthanc.aclose()
-        await own.aclose()
+        await orthanc.close()
+        await own.close()
 
 
 # -- the run ------------------------------------------------------------------------------------------------
