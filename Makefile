@@ -45,6 +45,7 @@ demo: install
 
 # Everything at once against one real Orthanc (bench/stress.py): 50 HTTP clients on both doors, 200 studies by
 # C-STORE, 100 WebSocket subscribers; fails unless it holds (no 5xx, one winner per claim, every State Report in
-# order, p95 targets). About two minutes.
+# order, p95 targets). About two minutes. STRESS_ARGS=--latency-report-only prints the p95 figures without failing on
+# them (CI: see .ci/run).
 stress: install-test
-	$(PYTHON) bench/stress.py
+	$(PYTHON) bench/stress.py $(STRESS_ARGS)

@@ -1,7 +1,7 @@
 """make stress: everything at once against one real Orthanc with the plugin, on loopback, bounded in count and time.
 
     .venv/bin/python bench/stress.py [--clients 50] [--studies 200] [--subscribers 100] [--per-client 4]
-                                     [--think-ms 1000] [--timeout 240] [--json FILE]
+                                     [--think-ms 1000] [--timeout 240] [--json FILE] [--latency-report-only]
 
 The load, all at the same time:
 - ``--clients`` HTTP clients, half on Orthanc's routes (/ai-orchestrator), half on the orchestrator's own port, each
@@ -24,7 +24,8 @@ It holds, or the run fails (exit 1) naming what broke:
 - every subscriber gets every State Report of every workitem, in order (SCHEDULED, IN PROGRESS, then its final
   state), with Message IDs that only grow (modulo 65536: the Message ID is a US);
 - as the prober times them: Orthanc's ``/system`` p95 < 100 ms, and the workitem API's p95 (searches, creates,
-  claims and completions, both doors) < 50 ms.
+  claims and completions, both doors) < 50 ms (with ``--latency-report-only``, as CI runs it, these two are
+  printed against their targets without failing the run).
 
 The prober measures the server: its requests wait only for the server. The engines' own timings are printed too,
 for what they are: fifty clients in one Python process on the same cores as Orthanc, each timing also its own wait
@@ -403,6 +404,10 @@ def main() -> int:
     parser.add_argument("--think-ms", type=float, default=1000.0, help="an engine's pause between two steps")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds the load may take at most")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--latency-report-only", action="store_true",
+                        help="print the p95 figures against their targets without failing on them (CI: what two "
+                             "shared cores of a CI runner time is not a verdict; every other check still fails "
+                             "the run)")
     args = parser.parse_args()
     storescu = tool_path("storescu")
     if storescu is None:
@@ -542,10 +547,13 @@ def main() -> int:
     api = [latency for name, latencies in probed.items() if not name.startswith("system") for latency in latencies]
     system = probed.get("system orthanc", [])
     system_p95, api_p95 = percentile(system, 0.95) * 1000, percentile(api, 0.95) * 1000
+    missed = []
     if not system_p95 < SYSTEM_TARGET_MS:
-        failures.append(f"Orthanc's /system p95 {system_p95:.1f} ms, not under {SYSTEM_TARGET_MS:.0f} ms")
+        missed.append(f"Orthanc's /system p95 {system_p95:.1f} ms, not under {SYSTEM_TARGET_MS:.0f} ms")
     if not api_p95 < API_TARGET_MS:
-        failures.append(f"the workitem API's p95 {api_p95:.1f} ms, not under {API_TARGET_MS:.0f} ms")
+        missed.append(f"the workitem API's p95 {api_p95:.1f} ms, not under {API_TARGET_MS:.0f} ms")
+    if not args.latency_report_only:
+        failures += missed
 
     # -- the summary ----------------------------------------------------------------------------------------
     requests = sum(n for (door, op, status), n in record.statuses.items())
@@ -570,7 +578,7 @@ def main() -> int:
         "engines": {f"{door} {op}": {"n": len(latencies), "p50_ms": round(statistics.median(latencies) * 1000, 1),
                                      "p95_ms": round(percentile(latencies, 0.95) * 1000, 1)}
                     for (door, op), latencies in sorted(record.latencies.items())},
-        "failures": failures,
+        "failures": failures, "latency_targets_missed": missed,
     }
     print(f"\nmake stress: {args.clients} HTTP clients (half per door), {args.studies} studies by C-STORE, "
           f"{args.subscribers} WebSocket subscribers, for {load_seconds:.1f} s (whole run {figures['total_seconds']} s)")
@@ -606,7 +614,9 @@ def main() -> int:
         print(f"\nOrthanc's log, last lines:\n{log_tail}", file=sys.stderr)
         return 1
     print("\nheld: no 5xx, one workitem per study and model, one winner per claim, every State Report to every "
-          "subscriber in order, /system and API p95 under their targets")
+          "subscriber in order" + (", /system and API p95 under their targets" if not missed else ""))
+    if missed:
+        print("latency targets missed (reported only, --latency-report-only):\n  " + "\n  ".join(missed))
     return 0
 
 
