@@ -72,7 +72,8 @@ def digest(server: OrthancServer) -> str:
     with sqlite3.connect(f"file:{server.data_dir / 'ai-orchestrator.sqlite'}?mode=ro", uri=True) as db:
         subscriptions = db.execute("SELECT ae_title, scope, deletion_lock, filter, suspended FROM subscriptions "
                                    "ORDER BY 1, 2").fetchall()
-        reports = db.execute("SELECT id, ae_title, uid, report FROM subscriber_events ORDER BY id").fetchall()
+        reports = db.execute("SELECT e.id, e.ae_title, e.uid, r.report FROM subscriber_events AS e "
+                             "JOIN event_reports AS r ON r.id = e.report_id ORDER BY e.id").fetchall()
         tables = db.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall()
     return hashlib.sha256(answer.content + repr((subscriptions, reports, tables)).encode()).hexdigest()
 

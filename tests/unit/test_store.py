@@ -5,6 +5,7 @@ import sqlite3
 import pytest
 
 from ai_orchestrator.store.sql import where as compile_where
+from ai_orchestrator.store.subscriptions import Delivery, SubscriptionStore
 from ai_orchestrator.store.workitems import (
     DEFAULT_STORE_FILENAME,
     MIGRATIONS,
@@ -75,6 +76,28 @@ def test_purge_leaves_a_tombstone(path):
         assert tx.purge(["1.2.1", "1.2.404"], "2024-02-01T00:00:00") == 1
     assert store.get("1.2.1") is None and store.is_purged("1.2.1") and not store.is_purged("1.2.404")
     assert store.uids(criteria.accession("A-1", False)) == []
+
+
+def test_reports_kept_before_they_were_shared_are_still_sent_after_the_migration(path):
+    shared_from = next(n for n, statements in enumerate(MIGRATIONS)
+                       if any("CREATE TABLE event_reports" in statement for statement in statements))
+    conn = sqlite3.connect(path)
+    for statements in MIGRATIONS[:shared_from]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {shared_from}")
+    conn.executemany("INSERT INTO subscriber_events (ae_title, uid, report, final, created_at) VALUES (?, ?, ?, ?, ?)",
+                     [("AWAY", "1.2.7", '{"n": 1}', 0, "x"), ("AWAY", "1.2.7", '{"n": 2}', 1, "x")])
+    conn.commit()
+    conn.close()
+    with WorkitemStore(path) as store:
+        reports = SubscriptionStore(store)
+        kept = reports.pending("AWAY")
+        assert [(p.id, p.report) for p in kept] == [(1, {"n": 1}), (2, {"n": 2})]
+        reports.subscribe([], [Delivery("AWAY", "1.2.8", {"n": 3})])  # numbered after the migrated ones
+        assert [(p.id, p.report) for p in reports.pending("AWAY")][-1] == (3, {"n": 3})
+        reports.acknowledge("AWAY", 3)
+        assert store.reading().execute("SELECT COUNT(*) FROM event_reports").fetchone()[0] == 0
 
 
 def test_migrations_from_every_older_version(path):

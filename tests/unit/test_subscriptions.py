@@ -147,6 +147,23 @@ def test_acknowledged_reports_are_gone_and_release_the_deletion_lock(service, su
     assert service.purge_final(clock.now) == 1
 
 
+def test_a_report_is_kept_once_for_all_its_subscribers_until_the_last_has_it(service, subscriptions, reports,
+                                                                            store):
+    for ae in ("FIRST", "SECOND", "THIRD"):
+        subscriptions.subscribe(SubscribeRequest(GLOBAL, ae))
+    uid = service.create(sample_workitem()).uid
+    stored = store.reading().execute("SELECT COUNT(*) FROM event_reports").fetchone()[0]
+    assert stored == 1  # the State Report of the new workitem, once for the three
+    rows = reports.since(0)
+    assert [ae for ae, _ in rows] == ["FIRST", "SECOND", "THIRD"]
+    assert rows[0][1].text is rows[1][1].text is rows[2][1].text  # one text, shared
+    assert rows[0][1].report["00001000"]["Value"] == [uid]
+    reports.acknowledge_many({"FIRST": rows[0][1].id, "SECOND": rows[1][1].id})
+    assert [p.report for p in reports.pending("THIRD")] == [rows[2][1].report]  # still there for the last one
+    reports.acknowledge("THIRD", rows[2][1].id)
+    assert store.reading().execute("SELECT COUNT(*) FROM event_reports").fetchone()[0] == 0
+
+
 def test_scp_status_changes_go_to_every_subscriber(service, subscriptions, reports):
     uid = service.create(sample_workitem()).uid
     subscriptions.subscribe(SubscribeRequest(uid, "A"))

@@ -86,5 +86,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX workitems_claim_code ON workitems(state, input_readiness, code_value, code_scheme, "
         "priority_rank, start_datetime, seq)",
     ),
+    (
+        # An event's report is kept once, not once per subscriber: a hundred subscribers wrote a hundred copies of
+        # each report into the WAL inside the change's transaction. A subscriber's row names the report it waits for.
+        "CREATE TABLE event_reports (id INTEGER PRIMARY KEY AUTOINCREMENT, report TEXT NOT NULL)",
+        "ALTER TABLE subscriber_events ADD COLUMN report_id INTEGER",
+        "INSERT INTO event_reports (id, report) SELECT id, report FROM subscriber_events ORDER BY id",
+        "UPDATE subscriber_events SET report_id = id",
+        "ALTER TABLE subscriber_events DROP COLUMN report",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,8 +1,10 @@
 """Subscriptions and the event reports waiting for their subscribers, in the workitem store's SQLite file.
 
-A subscription's scope is one workitem UID, or the global or filtered worklist UID. Reports are written once per
-subscriber when the event happens and deleted once delivered, so a subscriber that is away finds them in order when
-it connects. At most ``MAX_PENDING_PER_SUBSCRIBER`` are kept per subscriber: past that the oldest go.
+A subscription's scope is one workitem UID, or the global or filtered worklist UID. A report is written once when
+the event happens (``event_reports``), with a row per subscriber naming it (``subscriber_events``, whose id is the
+Message ID it is sent with); rows are deleted once delivered, and reports once no row names them, so a subscriber
+that is away finds its reports in order when it connects. At most ``MAX_PENDING_PER_SUBSCRIBER`` are kept per
+subscriber: past that the oldest go.
 
 Statements that touch many rows (a report for a hundred subscribers, their acknowledgements) run as one statement
 over a JSON array (``json_each``), and reads of many rows come back as one JSON row: Python's sqlite3 releases the
@@ -128,10 +130,12 @@ class SubscriptionStore:
             else:
                 groups.append((delivery, [delivery.ae_title]))
         for first, titles in groups:
+            report_id = conn.execute("INSERT INTO event_reports (report) VALUES (?)",
+                                     (json.dumps(first.report),)).lastrowid
             conn.execute(
-                "INSERT INTO subscriber_events (ae_title, uid, report, final, created_at) "
+                "INSERT INTO subscriber_events (ae_title, uid, report_id, final, created_at) "
                 "SELECT value, ?, ?, ?, ? FROM json_each(?) ORDER BY key",
-                (first.uid, json.dumps(first.report), int(first.final), now, json.dumps(titles)))
+                (first.uid, report_id, int(first.final), now, json.dumps(titles)))
         conn.execute(  # the bound: past it, the oldest go first
             "DELETE FROM subscriber_events WHERE id IN (SELECT e.id FROM (SELECT t.value AS ae, (SELECT s.id FROM "
             "subscriber_events AS s WHERE s.ae_title = t.value ORDER BY s.id DESC LIMIT 1 OFFSET ?) AS cut FROM "
@@ -140,16 +144,21 @@ class SubscriptionStore:
 
     def pending(self, ae_title: str, after_id: int = 0, limit: int = 100) -> list[PendingReport]:
         [found] = self._store.reading().execute(
-            "SELECT json_group_array(json_array(id, report)) FROM (SELECT id, report FROM subscriber_events "
-            "WHERE ae_title = ? AND id > ? ORDER BY id LIMIT ?)", (ae_title, after_id, limit)).fetchone()
+            "SELECT json_group_array(json_array(id, report)) FROM (SELECT e.id, r.report FROM subscriber_events AS e "
+            "JOIN event_reports AS r ON r.id = e.report_id WHERE e.ae_title = ? AND e.id > ? ORDER BY e.id LIMIT ?)",
+            (ae_title, after_id, limit)).fetchone()
         return [PendingReport(row_id, report) for row_id, report in json.loads(found)]
 
     def since(self, after_id: int, limit: int = 1000) -> list[tuple[str, PendingReport]]:
-        """Every subscriber's reports kept after ``after_id``, in order, as (AE title, report)."""
+        """Every subscriber's reports kept after ``after_id``, in order, as (AE title, report). One statement (one
+        snapshot) reads the rows and, once each, the reports they name: the subscribers of one event share its text."""
         [found] = self._store.reading().execute(
-            "SELECT json_group_array(json_array(id, ae_title, report)) FROM (SELECT id, ae_title, report FROM "
-            "subscriber_events WHERE id > ? ORDER BY id LIMIT ?)", (after_id, limit)).fetchone()
-        return [(ae_title, PendingReport(row_id, report)) for row_id, ae_title, report in json.loads(found)]
+            "WITH e AS (SELECT id, ae_title, report_id FROM subscriber_events WHERE id > ? ORDER BY id LIMIT ?) "
+            "SELECT json_array((SELECT json_group_array(json_array(id, ae_title, report_id)) FROM e), "
+            "(SELECT json_group_object(r.id, r.report) FROM event_reports AS r "
+            "WHERE r.id IN (SELECT report_id FROM e)))", (after_id, limit)).fetchone()
+        rows, texts = json.loads(found)
+        return [(ae_title, PendingReport(row_id, texts[str(report_id)])) for row_id, ae_title, report_id in rows]
 
     def last_id(self) -> int:
         return self._store.reading().execute("SELECT COALESCE(MAX(id), 0) FROM subscriber_events").fetchone()[0]
@@ -169,6 +178,14 @@ class SubscriptionStore:
             conn.execute("UPDATE subscriptions SET deletion_lock = 0 WHERE deletion_lock = 1 AND (ae_title, scope) IN "
                          f"(SELECT e.ae_title, e.uid {delivered_rows} WHERE e.final = 1)", (pairs,))
             conn.execute(f"DELETE FROM subscriber_events WHERE id IN (SELECT e.id {delivered_rows})", (pairs,))
+            self._forget_unnamed_reports(conn)
+
+    @staticmethod
+    def _forget_unnamed_reports(conn: sqlite3.Connection) -> None:
+        """Delete the reports no row names any more. Rows and their reports are written in the same order, so every
+        report before the one the oldest row names is named by none."""
+        conn.execute("DELETE FROM event_reports WHERE id < COALESCE((SELECT report_id FROM subscriber_events ORDER "
+                     "BY id LIMIT 1), (SELECT MAX(id) + 1 FROM event_reports))")
 
     def totals(self) -> tuple[int, int]:
         """(subscribers: AE titles holding a subscription, event reports kept and not yet delivered)."""
