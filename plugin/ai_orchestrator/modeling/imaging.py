@@ -12,12 +12,11 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder
-from pydicom.uid import ExplicitVRLittleEndian
 
 from .api import ModelSpec
 from .geometry import GeometryError, stack_geometry, tilt_degrees
 from .multiframe import FrameError, is_multiframe, load_frames
+from .pixels import decode
 
 PIXEL_SPACING_TOLERANCE = 1e-3  # relative: slices of one series share one PixelSpacing
 
@@ -195,16 +194,4 @@ def _pixels(ds: Dataset, index: int) -> np.ndarray:
         raise InputError("multi-frame instances are not supported; expected one image per instance")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise InputError("colour images are not supported; expected a grayscale series")
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta else None
-    name = f"{syntax} ({syntax.name})" if syntax else "an unknown transfer syntax"
-    try:
-        decoder = get_decoder(syntax or ExplicitVRLittleEndian)
-    except NotImplementedError:
-        raise InputError(f"pixel data of slice {index + 1} is in {name}, which has no decoder") from None
-    try:  # not ds.pixel_array, which would keep a decoded copy of every slice on its dataset
-        pixels, _ = decoder.as_array(ds)
-    except Exception as error:  # decoders raise many types; any of them means the pixel data is unusable
-        reason = " ".join(str(error).split())
-        raise InputError(f"pixel data of slice {index + 1} cannot be decoded from {name}: {reason}") from error
-    return pixels
+    return decode(ds, f"slice {index + 1}", InputError)

@@ -21,10 +21,9 @@ import numpy as np
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.pixels import get_decoder
-from pydicom.uid import ExplicitVRLittleEndian
 
 from .geometry import GeometryError, Stack, stack_geometry
+from .pixels import decode
 
 SHARED_GEOMETRY = ("PlaneOrientationSequence", "PixelMeasuresSequence")  # highdicom wants them shared
 
@@ -179,18 +178,7 @@ def _decoded(ds: Dataset, index: int | None = None) -> np.ndarray:
     ``ds.pixel_array``, which would keep a decoded copy of every frame on the dataset."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise FrameError("colour images are not supported; expected grayscale frames")
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta else None
-    name = f"{syntax} ({syntax.name})" if syntax else "an unknown transfer syntax"
-    try:
-        decoder = get_decoder(syntax or ExplicitVRLittleEndian)
-    except NotImplementedError:
-        raise FrameError(f"pixel data of the multi-frame instance is in {name}, which has no decoder") from None
-    try:
-        pixels, _ = decoder.as_array(ds, index=index)
-    except Exception as error:  # decoders raise many types; any of them means the pixel data is unusable
-        reason = " ".join(str(error).split())
-        raise FrameError(f"pixel data of the multi-frame instance cannot be decoded from {name}: {reason}") from error
+    pixels = decode(ds, "the multi-frame instance", FrameError, index)
     rows, columns = int(ds.Rows), int(ds.Columns)
     return pixels.reshape(rows, columns) if index is not None else pixels.reshape(_frame_count(ds), rows, columns)
 
