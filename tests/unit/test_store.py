@@ -169,3 +169,16 @@ def test_state_counters_follow_inserts_state_changes_and_purges(path):
     assert len(rows) == 2 and total == 3
     rows, total = store.select(criteria.equals("state", "SCHEDULED"), 2, 2)
     assert len(rows) == 1 and total == 3
+
+
+def test_stored_json_is_read_fast_and_what_orjson_refuses_as_before():
+    from ai_orchestrator.store.jsontext import json_array, json_object
+
+    assert json_object('{"00100010": {"vr": "PN", "Value": [{"Alphabetic": "A^B"}]}}')["00100010"]["vr"] == "PN"
+    nan = json_object('{"00189087": {"vr": "FD", "Value": [NaN]}}')["00189087"]["Value"][0]  # json.dumps writes NaN
+    assert nan != nan
+    assert json_array("[340282366920938463463374607431768211456]") == [2**128]  # past 64 bits
+    with pytest.raises(ValueError):
+        json_object("[1]")
+    with pytest.raises(ValueError):
+        json_array('{"a": 1}')

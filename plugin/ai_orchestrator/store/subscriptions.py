@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..ups.clock import utc_now
+from .jsontext import json_array, json_object
 from .workitems import WorkitemStore
 
 MAX_PENDING_PER_SUBSCRIBER = 10_000
@@ -43,7 +44,7 @@ class PendingReport:
 
     @property
     def report(self) -> dict:
-        return json.loads(self.text)
+        return json_object(self.text)
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ class SubscriptionStore:
             "SELECT json_group_array(json_array(ae_title, scope, deletion_lock, filter, suspended)) FROM "
             "(SELECT * FROM subscriptions WHERE scope = ?" + (" AND suspended = 0" if active_only else "")
             + " ORDER BY ae_title)", (scope,)).fetchone()
-        return [Subscription(ae, sc, bool(lock), json.loads(f) if f else None, bool(susp))
-                for ae, sc, lock, f, susp in json.loads(found)]
+        return [Subscription(ae, sc, bool(lock), json_object(f) if f else None, bool(susp))
+                for ae, sc, lock, f, susp in json_array(found)]
 
     def of_scopes(self, scopes: Sequence[str]) -> list[Subscription]:
         return [s for scope in dict.fromkeys(scopes) for s in self.of_scope(scope)]
@@ -147,7 +148,7 @@ class SubscriptionStore:
             "SELECT json_group_array(json_array(id, report)) FROM (SELECT e.id, r.report FROM subscriber_events AS e "
             "JOIN event_reports AS r ON r.id = e.report_id WHERE e.ae_title = ? AND e.id > ? ORDER BY e.id LIMIT ?)",
             (ae_title, after_id, limit)).fetchone()
-        return [PendingReport(row_id, report) for row_id, report in json.loads(found)]
+        return [PendingReport(row_id, report) for row_id, report in json_array(found)]
 
     def since(self, after_id: int, limit: int = 1000) -> list[tuple[str, PendingReport]]:
         """Every subscriber's reports kept after ``after_id``, in order, as (AE title, report). One statement (one
@@ -157,7 +158,7 @@ class SubscriptionStore:
             "SELECT json_array((SELECT json_group_array(json_array(id, ae_title, report_id)) FROM e), "
             "(SELECT json_group_object(r.id, r.report) FROM event_reports AS r "
             "WHERE r.id IN (SELECT report_id FROM e)))", (after_id, limit)).fetchone()
-        rows, texts = json.loads(found)
+        rows, texts = json_array(found)
         return [(ae_title, PendingReport(row_id, texts[str(report_id)])) for row_id, ae_title, report_id in rows]
 
     def last_id(self) -> int:

@@ -37,6 +37,7 @@ from pathlib import Path
 from ..ups.clock import utc_now
 from ..ups.criteria import Condition, only_equals
 from ..ups.index import accession_numbers, index_columns
+from .jsontext import json_object
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .sql import where as compile_where
 
@@ -255,7 +256,7 @@ class _GroupCommit:
 
 def _row(record: tuple) -> WorkitemRow:
     uid, dataset, state, tuid, cancel, created, modified = record
-    return WorkitemRow(uid, json.loads(dataset), state, tuid, json.loads(cancel) if cancel else None,
+    return WorkitemRow(uid, json_object(dataset), state, tuid, json_object(cancel) if cancel else None,
                        created, modified)
 
 
