@@ -120,7 +120,7 @@ def test_global_unsubscribe_ends_every_subscription_and_suspend_keeps_the_covere
     assert reports.pending_count("LEAVER") == before
 
 
-def test_kept_reports_are_bounded_per_subscriber_oldest_first(service, subscriptions, reports):
+def test_kept_reports_are_bounded_per_subscriber_oldest_first(service, subscriptions, reports, store):
     uid = service.create(sample_workitem()).uid
     subscriptions.subscribe(SubscribeRequest(uid, "AWAY"))
     service.claim(uid, "1.2.6")
@@ -130,6 +130,8 @@ def test_kept_reports_are_bounded_per_subscriber_oldest_first(service, subscript
     assert len(kept) == 5  # the bound of this store
     last = kept[-1].report["00741002"]["Value"][0]["00741004"]["Value"][0]
     assert last == 9  # the newest kept, the oldest dropped
+    # nobody acknowledged anything: the dropped reports' texts went with them
+    assert store.reading().execute("SELECT COUNT(*) FROM event_reports").fetchone()[0] == 5
 
 
 def test_acknowledged_reports_are_gone_and_release_the_deletion_lock(service, subscriptions, reports, clock):

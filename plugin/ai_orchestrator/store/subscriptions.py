@@ -137,11 +137,13 @@ class SubscriptionStore:
                 "INSERT INTO subscriber_events (ae_title, uid, report_id, final, created_at) "
                 "SELECT value, ?, ?, ?, ? FROM json_each(?) ORDER BY key",
                 (first.uid, report_id, int(first.final), now, json.dumps(titles)))
-        conn.execute(  # the bound: past it, the oldest go first
+        dropped = conn.execute(  # the bound: past it, the oldest go first
             "DELETE FROM subscriber_events WHERE id IN (SELECT e.id FROM (SELECT t.value AS ae, (SELECT s.id FROM "
             "subscriber_events AS s WHERE s.ae_title = t.value ORDER BY s.id DESC LIMIT 1 OFFSET ?) AS cut FROM "
             "json_each(?) AS t) AS c JOIN subscriber_events AS e ON e.ae_title = c.ae AND e.id <= c.cut)",
-            (self._max_pending, json.dumps(sorted({d.ae_title for d in deliveries}))))
+            (self._max_pending, json.dumps(sorted({d.ae_title for d in deliveries})))).rowcount
+        if dropped:  # a subscriber that never comes back acknowledges nothing: its dropped reports go here
+            self._forget_unnamed_reports(conn)
 
     def pending(self, ae_title: str, after_id: int = 0, limit: int = 100) -> list[PendingReport]:
         [found] = self._store.reading().execute(
