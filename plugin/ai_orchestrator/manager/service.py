@@ -106,13 +106,17 @@ class SearchResult:
 
 @dataclass
 class _Change:
-    """What a decision did to a workitem read inside a transaction."""
+    """What a decision did to a workitem."""
 
     dataset_changed: bool = False          # stamp and write the dataset
     row_changed: bool = False              # only the TUID / cancel request changed
     events: tuple[EventType, ...] = ()
     warnings: list[str] = field(default_factory=list)
     details: dict | None = None
+
+    @property
+    def writes_row(self) -> bool:
+        return self.dataset_changed or self.row_changed
 
 
 Decision = Callable[[WorkitemRow, Dataset, datetime], _Change]
@@ -294,12 +298,8 @@ class WorkitemService:
             uid = tx.next_to_claim(where)
             if uid is None:
                 return None
-            change, row = self._apply(tx.get(uid), uid, self._transition(uid, IN_PROGRESS, transaction_uid,
-                                                                          Dataset()))
-            if change.dataset_changed or change.row_changed:
-                tx.replace(row)
-            events = self._events(change, row)
-            self._record(self._prepare(events))
+            _, events = self._decide_and_write(tx, uid, self._transition(uid, IN_PROGRESS, transaction_uid,
+                                                                         Dataset()))
         self._listeners.emit(events)
         return uid
 
@@ -379,23 +379,29 @@ class WorkitemService:
                 self._listeners.emit(events)
                 return change
         with self._store.transaction() as tx:  # contended: decided under the lock
-            change, row = self._apply(tx.get(uid), uid, decide, check)
-            if change.dataset_changed or change.row_changed:
-                tx.replace(row)
-            events = self._events(change, row)
-            self._record(self._prepare(events))
+            change, events = self._decide_and_write(tx, uid, decide, check)
         self._listeners.emit(events)
         return change
+
+    def _decide_and_write(self, tx: StoreTransaction, uid: str, decide: Decision,
+                          check: Callable[[WorkitemRow], None] | None = None) -> tuple[_Change, list[WorkitemEvent]]:
+        """Decide on the workitem as ``tx`` reads it and write the decision with its reports, under the lock."""
+        change, row = self._apply(tx.get(uid), uid, decide, check)
+        if change.writes_row:
+            tx.replace(row)
+        events = self._events(change, row)
+        self._record(self._prepare(events))
+        return change, events
 
     def _write_if_unchanged(self, row: WorkitemRow, version: RowVersion | None, change: _Change,
                             writes: list[Write]) -> bool:
         """Write a decision made from ``version`` of the workitem; False (nothing written) when it changed since."""
-        if not (change.dataset_changed or change.row_changed or writes):
+        if not (change.writes_row or writes):
             return True  # nothing to write (a refusal would have raised): as of the committed state read
         with self._store.transaction() as tx:
             if tx.version(row.uid) != version:
                 return False
-            if change.dataset_changed or change.row_changed:
+            if change.writes_row:
                 tx.replace(row)
             self._record(writes)
         return True

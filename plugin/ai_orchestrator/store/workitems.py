@@ -267,8 +267,8 @@ class StoreTransaction:
         self._conn = conn
 
     def get(self, uid: str) -> WorkitemRow | None:
-        found = self._conn.execute(f"SELECT {_ROW_COLUMNS} FROM workitems WHERE uid = ?", (uid,)).fetchone()
-        return _row(found) if found else None
+        found = self.versioned(uid)
+        return found[0] if found else None
 
     def versioned(self, uid: str) -> tuple[WorkitemRow, RowVersion] | None:
         """The workitem and its version, to write a change decided from it only if nobody wrote it since."""
