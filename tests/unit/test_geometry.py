@@ -144,6 +144,13 @@ def test_mixed_orientations(datasets):
     assert "10 axial" in text and "1 sagittal" in text and "1 coronal" in text
 
 
+def test_mixed_orientations_are_listed_most_common_first_whatever_the_arrival_order(datasets):
+    datasets[0].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    forward, backward = reason(datasets), reason(list(reversed(datasets)))
+    assert forward == backward
+    assert forward.index("11 axial") < forward.index("1 sagittal")
+
+
 def test_positions_off_the_line_are_neither_a_stack_nor_a_tilt(datasets):
     shift(datasets[6], dx=5.0)
     text = reason(datasets)

@@ -106,7 +106,9 @@ def _directions(orientations: np.ndarray, planes: str) -> np.ndarray:
             distinct.append(orientation)
             counts.append(1)
     if len(distinct) > 1:
-        listed = ", ".join(f"{count} {orientation_name(o)} [{_numbers(o)}]" for count, o in zip(counts, distinct))
+        # Most common first, so the message does not depend on the order in which the instances arrived.
+        ranked = sorted(zip(counts, distinct), key=lambda pair: -pair[0])
+        listed = ", ".join(f"{count} {orientation_name(o)} [{_numbers(o)}]" for count, o in ranked)
         raise GeometryError(f"mixed orientations: the {planes} do not share one ImageOrientationPatient "
                             f"({listed}), so they are not one stack")
     row_dir, col_dir = orientations[0, :3], orientations[0, 3:]
