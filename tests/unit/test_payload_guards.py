@@ -61,13 +61,17 @@ def _refusal(payload) -> str:
     ({"00741200": {"vr": "CS", "Value": ["medium"]}}, "not a valid CS value"),
     ({"00280010": {"vr": "US", "Value": [70000]}}, "between 0 and 65535"),
     ({"00080018": {"vr": "UI", "Value": ["1.02.3"]}}, "not a valid UI value"),
-    ({"00741002": {"vr": "SQ", "Value": [{"00741004": {"vr": "DS", "Value": [float("nan")]}}]}}, "not a finite"),
+    ({"00741002": {"vr": "SQ", "Value": [{"00741004": {"vr": "DS", "Value": ["NaN"]}}]}}, "not a finite"),
     ({"00741002": {"vr": "SQ", "Value": [{"00741004": {"vr": "LO", "Value": ["5"]}}]}},
      "(0074,1004) ProcedureStepProgress in (0074,1002) ProcedureStepProgressInformationSequence item 1"),
     ({"00420011": {"vr": "OB", "InlineBinary": "!!"}}, "not base64"),
     ({"00100020": {"vr": "LO", "InlineBinary": "AAAA"}}, "binary VRs"),
     ({"00420011": {"vr": "OB", "BulkDataURI": "file:///etc/passwd"}}, "BulkDataURI is not accepted"),
     (b"[" * 100 + b"]" * 100, "deeper than"),
+    # JSON has no NaN or infinity (Python's json reads them): stored, they could not be answered as JSON
+    (b'{"00189087": {"vr": "FD", "Value": [NaN]}}', "NaN is not a JSON number"),
+    (b'{"00189087": {"vr": "FD", "Value": [-Infinity]}}', "-Infinity is not a JSON number"),
+    (b'{"00189087": {"vr": "FD", "Value": [1e400]}}', "1e400 is beyond the range of a double"),
 ])
 def test_payloads_pydicom_would_take_are_refused_naming_the_attribute(payload, names):
     assert names in _refusal(payload)

@@ -182,3 +182,39 @@ def test_stored_json_is_read_fast_and_what_orjson_refuses_as_before():
         json_object("[1]")
     with pytest.raises(ValueError):
         json_array('{"a": 1}')
+
+
+def test_search_texts_are_the_stored_workitems_projected_by_sqlite(path):
+    import json
+
+    with WorkitemStore(path) as store:
+        store.insert_many([_row(f"1.2.{n}", patient_id=f"P{n}") for n in range(5)])
+        rows, total = store.select(criteria.equals("state", "SCHEDULED"), 1, 2)
+        keys = frozenset({"00100020", "00741000", "00404021", "00990010"})  # the last one no workitem has
+        texts, texts_total = store.select_json(criteria.equals("state", "SCHEDULED"), 1, 2, keys)
+        assert (texts_total, total) == (5, 5)
+        assert [json.loads(t) for t in texts] == [{k: v for k, v in r.dataset.items() if k in keys} for r in rows]
+        assert [json.loads(t)["00100020"]["Value"] for t in texts] == [["P1"], ["P2"]]
+        everything, _ = store.select_json(criteria.equals("state", "SCHEDULED"), 0, None, None)
+        assert [json.loads(t) for t in everything] == [r.dataset for r in store.select(criteria.all_of([]))[0]]
+        assert store.select_json(criteria.all_of([]), 0, 5, frozenset())[0] == ["{}"] * 5
+
+
+@pytest.mark.parametrize("keys", [None, frozenset({"00189087"})])
+def test_a_stored_text_sqlite_cannot_read_is_answered_as_json_with_null(path, keys):
+    """Older versions stored NaN, infinity and integers past 64 bits as Python's json writes them."""
+    import json
+
+    with WorkitemStore(path) as store:
+        store.insert_many([_row("1.2.1")])
+        with sqlite3.connect(path) as raw:
+            raw.execute("UPDATE workitems SET dataset = json_set(dataset, '$.00189087', json(?)) WHERE uid = '1.2.1'",
+                        ('{"vr": "FD", "Value": [1.5]}',))
+            stored = raw.execute("SELECT dataset FROM workitems").fetchone()[0]
+            raw.execute("UPDATE workitems SET dataset = ?", (stored.replace("[1.5]", "[NaN, Infinity, 2e0, "
+                                                                            f"{2**70}]"),))
+        store.insert_many([_row("1.2.2")])
+        texts, _ = store.select_json(criteria.all_of([]), 0, 10, keys)
+        first = json.loads(texts[0], parse_constant=lambda name: pytest.fail(f"{name} in the answer"))
+        assert first["00189087"]["Value"] == [None, None, 2.0, 2**70]
+        assert "00189087" not in json.loads(texts[1])

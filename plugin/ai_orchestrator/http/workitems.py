@@ -109,8 +109,8 @@ class WorkitemsApi:
         return self._ok(202, self._service.request_cancel(args[0], dataset))
 
     def _search(self, request: Request, args: list[str]) -> Response:
-        result = self._service.search(request.query)
-        return self._with_warnings(Response.json(result.items, content_type=DICOM_JSON), result.warnings)
+        result = self._service.search_json(request.query)
+        return self._with_warnings(Response(200, {"Content-Type": DICOM_JSON}, result.body()), result.warnings)
 
     def _subscribe(self, request: Request, args: list[str]) -> Response:
         subscriptions, ae_title = self._require_subscriptions(), args[2]

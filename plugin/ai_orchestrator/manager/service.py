@@ -79,6 +79,14 @@ def _pop(ds: Dataset, keyword: str) -> str | None:
     return value
 
 
+def _search_warnings(parsed: ups_search.SearchQuery, total: int, returned: int) -> list[str]:
+    warnings = list(parsed.warnings)
+    remaining = total - parsed.offset - returned
+    if remaining > 0:
+        warnings.append(Warnings.additional_results(remaining))
+    return warnings
+
+
 def _absent(source: WorkitemStore | StoreTransaction, uid: str) -> UPSError:
     """404 for a UID never seen, 410 for a purged one."""
     return gone(uid) if source.is_purged(uid) else not_found(uid)
@@ -102,6 +110,18 @@ class QueueSummary:
 class SearchResult:
     items: list[dict]
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JsonSearchResult:
+    """A search's workitems as DICOM JSON texts, each one object (PS3.18 §F.2), in the answer's order."""
+
+    texts: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    def body(self) -> bytes:
+        """The answer's body: the JSON array of the workitems."""
+        return ("[" + ",".join(self.texts) + "]").encode()
 
 
 @dataclass
@@ -261,11 +281,14 @@ class WorkitemService:
     def search(self, query: Mapping[str, str]) -> SearchResult:
         parsed = ups_search.parse(query)
         rows, total = self._store.select(parsed.where, parsed.offset, parsed.limit)
-        warnings = list(parsed.warnings)
-        remaining = total - parsed.offset - len(rows)
-        if remaining > 0:
-            warnings.append(Warnings.additional_results(remaining))
-        return SearchResult([ups_search.select_attributes(r.dataset, parsed.return_keys) for r in rows], warnings)
+        return SearchResult([ups_search.select_attributes(r.dataset, parsed.return_keys) for r in rows],
+                            _search_warnings(parsed, total, len(rows)))
+
+    def search_json(self, query: Mapping[str, str]) -> JsonSearchResult:
+        """:meth:`search` as the answer's text: each workitem's DICOM JSON, projected by the store, never parsed."""
+        parsed = ups_search.parse(query)
+        texts, total = self._store.select_json(parsed.where, parsed.offset, parsed.limit, parsed.return_keys)
+        return JsonSearchResult(texts, _search_warnings(parsed, total, len(texts)))
 
     # -- performer operations (in-process worker, never over REST) ----------------------------------------
     def claim(self, uid: str, transaction_uid: str) -> bool:

@@ -45,9 +45,28 @@ def load_json(text: bytes | str) -> Any:
     if nests_too_deep(text):
         raise bad_request(f"The payload nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(text or b"{}")
+        return json.loads(text or b"{}", parse_constant=_no_constant, parse_float=_finite)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_request(f"The payload is not valid JSON: {exc}") from exc
+    except _NotANumber as exc:
+        raise bad_request(f"The payload is not valid JSON: {exc}") from exc
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> float:
+    """Python's json reads NaN and Infinity, which JSON (RFC 8259 §6) and so DICOM JSON (PS3.18 §F.2.3) do not
+    have: stored, they could not be written back as JSON."""
+    raise _NotANumber(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotANumber(f"{text} is beyond the range of a double (FD)")
+    return value
 
 
 def parse_payload(body: bytes | str | dict | list) -> Dataset:
