@@ -259,3 +259,21 @@ def test_a_host_whose_models_cannot_load_there_says_so(tmp_path):
         assert host.describe_model("broken")["status"] == "error"
     finally:
         host.stop()
+
+
+def test_the_host_gives_its_freed_memory_back_when_idle_not_between_studies(monkeypatch, tmp_path):
+    from ai_orchestrator.performer import host_child
+
+    trims: list[int] = []
+    monkeypatch.setattr(host_child, "_trim_memory", lambda: trims.append(1))
+    monkeypatch.setattr(host_child, "TRIM_AFTER_IDLE_S", 0.2)
+    plugin_end, host_end = socket.socketpair()
+    host = host_child.Host(Channel(host_end), host_child.HostOptions(tmp_path), on_closed=lambda: None)
+    waiting = host_child._Job({"job": "a"}, 0)
+    host._jobs.put(waiting)
+    assert host._next_job() is waiting and trims == []  # studies back to back: nothing given back
+    later = host_child._Job({"job": "b"}, 0)
+    threading.Timer(0.6, host._jobs.put, (later,)).start()
+    assert host._next_job() is later and trims == [1]  # idle past the delay: given back once, then it waits on
+    plugin_end.close()
+    host_end.close()
