@@ -432,3 +432,24 @@ def test_restart_keeps_everything_acknowledged(tmp_path, clock):
         assert service.retrieve(uid) == snapshot
         assert service.transaction_uid_of(uid) == T1
         service.change_state(uid, COMPLETED, T1, completion_attributes())
+
+
+def test_input_references_are_carried_through_changes_and_an_update_replaces_them(service):
+    """The stored InputInformationSequence goes through a claim, a progress report and the completion as it was
+    stored (it is never parsed on a write); an N-SET that sets it replaces it; the stored attributes stay in tag
+    order."""
+    body = sample_workitem()
+    references = body["00404021"]["Value"]
+    references += [{**references[0], "00081155": {"vr": "UI", "Value": [f"1.2.3.{n}"]}} for n in range(50)]
+    uid = service.create(body).uid
+    stored = service.retrieve(uid)["00404021"]
+    service.change_state(uid, IN_PROGRESS, "1.2.9")
+    service.report_progress(uid, "1.2.9", 50, "half way")
+    assert service.retrieve(uid)["00404021"] == stored and len(stored["Value"]) == 51
+    replaced = {"00404021": {"vr": "SQ", "Value": [references[7]]}}
+    service.update(uid, replaced, "1.2.9")
+    assert service.retrieve(uid)["00404021"]["Value"] == [references[7]]
+    service.change_state(uid, COMPLETED, "1.2.9", completion_attributes())
+    done = service.retrieve(uid)
+    assert done["00404021"]["Value"] == [references[7]] and value(done, "00741000") == COMPLETED
+    assert list(done) == sorted(done)
