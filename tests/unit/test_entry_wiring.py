@@ -103,6 +103,18 @@ def test_stable_study_event_is_recorded_durably_and_nothing_else_happens(wired):
         ("stable_study", "study-1"), ("deleted_study", "study-2")]
 
 
+def test_a_change_is_handled_without_an_event_loop_of_its_own(wired, monkeypatch):
+    """orthanc-server-extensions' default executor ran asyncio.run for every change Orthanc reports."""
+    import asyncio
+
+    fake, data_dir = wired
+    monkeypatch.setattr(asyncio, "run", lambda *args, **kwargs: pytest.fail("an event loop for one change"))
+    fake.on_change(fake.ChangeType.NEW_INSTANCE, fake.ResourceType.INSTANCE, "instance-1")  # no handler
+    fake.on_change(fake.ChangeType.STABLE_STUDY, fake.ResourceType.STUDY, "study-1")
+    store = WorkitemStore(data_dir / "ai-orchestrator.sqlite")
+    assert [(e.kind, e.resource_id) for e in store.pending_events()] == [("stable_study", "study-1")]
+
+
 def test_rest_answers_through_the_plugin_4_0_status_shim(wired):
     fake, _ = wired
     created = call(fake, "POST", "/ai-orchestrator/workitems", b"{not json")
