@@ -146,7 +146,9 @@ def end_to_end(server: OrthancServer, phantom_datasets, patient_id: str, model: 
     created = _dt(value(item, "00404005"))  # Scheduled Procedure Step Start: set when STABLE_STUDY was handled
     ended = _dt(value(performed, "00404051"))
     uid = value(item, "00080018")
-    stages = next(run for run in host_system(server)["RecentRuns"] if run["uid"] == uid)
+    # the performer records the run's stages just after the state change that the poll above saw
+    [stages] = wait_for(lambda: [run for run in host_system(server)["RecentRuns"] if run["uid"] == uid],
+                        timeout=10, interval=0.05)
     return (ended - created).total_seconds(), stages, (created.timestamp(), ended.timestamp())
 
 
