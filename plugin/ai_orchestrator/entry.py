@@ -12,6 +12,7 @@ import gc
 import json
 import logging
 import re
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -287,4 +288,9 @@ def start() -> None:
     # Everything loaded so far (torch, highdicom, the models) lives as long as the process: keep it out of the
     # cyclic garbage collector's full passes, which otherwise stall requests for ~100 ms now and then.
     gc.freeze()
+    # Reading a study (GetDicomForInstance in a loop) and storing a result hold the GIL in the C calls of plugin 4.0;
+    # each time a REST route's thread gives it back, it waits up to the switch interval to get it again (5 ms by
+    # default), and a workitem search convoys to 20-50 ms while a study is read. At 0.5 ms it stays near 8 ms
+    # (bench/inference.py). Only this interpreter is concerned: models run in the host, its own process.
+    sys.setswitchinterval(0.0005)
     orthanc.LogWarning(f"AI orchestrator ready: {app.describe_startup()}")
