@@ -178,7 +178,7 @@ class Orchestrator:
         host_settings = HostSettings(
             settings.models_dir, str(self.device), mode=settings.model_host, python=settings.host_python,
             timeout_s=settings.model_timeout_s, memory_limit_mb=settings.host_memory_limit_mb,
-            start_timeout_s=settings.host_start_timeout_s,
+            start_timeout_s=settings.host_start_timeout_s, warm_up_slices=settings.warm_up_slices,
             registry=self.registry if settings.model_host == "thread" else None)
         return [ModelHost(host_settings, f"model-host-{n + 1}") for n in range(count)]
 

@@ -44,6 +44,7 @@ class Settings:
     model_timeout_s: int = 600  # a run's timeout in the host when the model declares none (ModelSpec.timeout_s)
     host_memory_limit_mb: int = 0  # resident memory of one host before it is killed; 0: no limit of ours
     host_start_timeout_s: int = 300  # loading the models and warming them up
+    warm_up_slices: int = 100  # the warm-up phantom's slices: a study of the usual size, so the first is not slower
     store_max_size_mb: int = 0  # the most the workitem store may grow to (507 past it); 0: what the disk holds
     stable_age_s: int = 60  # Orthanc's StableAge: how long a study waits without new instances to be stable
     ssl_certificate: str | None = None  # the own port serves TLS with it: EventsCertificate, else Orthanc's own
@@ -98,6 +99,7 @@ class Settings:
             model_timeout_s=_int(section, "ModelTimeoutSeconds", 600, minimum=1),
             host_memory_limit_mb=_int(section, "HostMemoryLimitMB", 0),
             host_start_timeout_s=_int(section, "HostStartTimeoutSeconds", 300, minimum=1),
+            warm_up_slices=_int(section, "WarmUpSlices", 100, minimum=1),
             store_max_size_mb=_int(section, "StoreMaxSizeMB", 0),
             stable_age_s=int(orthanc_config.get("StableAge", 60)),
             ssl_certificate=_certificate(section, orthanc_config),

@@ -36,6 +36,7 @@ from ai_orchestrator.store.claims import Claim
 from tests.integration.studies import instances, to_bytes
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+REPO_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
 def mr_blobs(count: int = 2) -> list[bytes]:
@@ -142,12 +143,16 @@ def test_thread_mode_runs_the_same_code_in_this_process():
 def test_host_settings_are_read_and_checked():
     defaults = Settings.from_orthanc({"AiOrchestrator": {}})
     assert (defaults.model_host, defaults.model_hosts, defaults.model_timeout_s, defaults.host_memory_limit_mb,
-            defaults.host_start_timeout_s, defaults.host_python) == ("process", 1, 600, 0, 300, None)
+            defaults.host_start_timeout_s, defaults.host_python, defaults.warm_up_slices
+            ) == ("process", 1, 600, 0, 300, None, 100)
     chosen = Settings.from_orthanc({"AiOrchestrator": {
         "ModelHost": "thread", "ModelHosts": 2, "ModelTimeoutSeconds": 30, "HostMemoryLimitMB": 4096,
-        "HostStartTimeoutSeconds": 60, "HostPython": "/opt/venv/bin/python"}})
+        "HostStartTimeoutSeconds": 60, "HostPython": "/opt/venv/bin/python", "WarmUpSlices": 12}})
     assert (chosen.model_host, chosen.model_hosts, chosen.model_timeout_s, chosen.host_memory_limit_mb,
-            chosen.host_start_timeout_s, chosen.host_python) == ("thread", 2, 30, 4096, 60, "/opt/venv/bin/python")
+            chosen.host_start_timeout_s, chosen.host_python, chosen.warm_up_slices
+            ) == ("thread", 2, 30, 4096, 60, "/opt/venv/bin/python", 12)
+    with pytest.raises(ConfigError, match="WarmUpSlices"):
+        Settings.from_orthanc({"AiOrchestrator": {"WarmUpSlices": 0}})
     with pytest.raises(ConfigError, match="ModelHost.*'process', 'thread'"):
         Settings.from_orthanc({"AiOrchestrator": {"ModelHost": "docker"}})
     with pytest.raises(ConfigError, match="ModelTimeoutSeconds"):
@@ -277,3 +282,52 @@ def test_the_host_gives_its_freed_memory_back_when_idle_not_between_studies(monk
     assert host._next_job() is later and trims == [1]  # idle past the delay: given back once, then it waits on
     plugin_end.close()
     host_end.close()
+
+
+def test_the_warm_up_runs_each_chest_ct_model_on_a_phantom_of_the_configured_size(monkeypatch):
+    from ai_orchestrator.performer import host_child
+
+    runs: list[tuple[str, int]] = []
+    monkeypatch.setattr(host_child, "run_model",
+                        lambda model, blobs, _device, _context: runs.append((model.name, len(blobs))))
+    registry = Registry.load(REPO_MODELS_DIR)
+    host_child.warm_up(registry, torch.device("cpu"), slices=14)
+    assert runs and {count for _name, count in runs} == {14}
+    assert "ct-chest-quant" in {name for name, _count in runs}
+
+
+HEAP_PROBE = """
+import os, sys
+import numpy as np
+from ai_orchestrator.performer.host_child import keep_freed_heap
+
+def minor_faults():
+    return int(open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()[7])
+
+if sys.argv[1] == "keep":
+    assert keep_freed_heap()
+faults = []
+for _study in range(3):
+    before = minor_faults()
+    volume = np.ones((50, 512, 512), dtype=np.int64)  # 100 MiB, as a study's arrays are
+    del volume
+    faults.append(minor_faults() - before)
+print(faults[-1])
+"""
+
+
+@pytest.mark.parametrize("policy", ["keep", "default"])
+def test_the_host_keeps_a_studys_freed_arrays_for_the_next_one(policy):
+    """keep_freed_heap: the third study's 100 MiB array reuses the memory the first two faulted in (glibc's default
+    maps and zeroes it again for each)."""
+    import subprocess
+    import sys
+
+    plugin_dir = str(Path(__file__).resolve().parents[2] / "plugin")
+    done = subprocess.run([sys.executable, "-c", HEAP_PROBE, policy], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": plugin_dir})
+    faults = int(done.stdout.strip())
+    if policy == "keep":
+        assert faults < 25, faults
+    else:  # 25,600 pages of 4 KiB, or 50 huge pages of 2 MiB
+        assert faults >= 50, faults

@@ -98,6 +98,7 @@ class HostSettings:
     memory_limit_mb: int = 0  # resident memory of the host; 0: no limit (the kernel's OOM killer still applies)
     start_timeout_s: float = 300.0  # loading the models and warming them up
     warm_up: bool = True
+    warm_up_slices: int = 100  # the warm-up phantom's slices (WarmUpSlices): a study of the usual size
     registry: Registry | None = None  # thread mode: the plugin's own registry (loaded once)
 
 
@@ -431,13 +432,15 @@ class ModelHost:
             from .host_child import Host, HostOptions  # the same code, in this process
 
             channel = Channel(child_end)
-            host = Host(channel, HostOptions(settings.models_dir, settings.device, warm_up, settings.registry),
+            host = Host(channel, HostOptions(settings.models_dir, settings.device, warm_up, settings.warm_up_slices,
+                                                  settings.registry),
                         on_closed=lambda: None)
             thread = threading.Thread(target=host.serve, name=f"ai-{self.name}-thread", daemon=True)
             thread.start()
             return _ThreadChild(thread, channel)
         command = [host_python(settings.python), "-m", CHILD_MODULE, "--fd", str(child_end.fileno()),
-                   "--models-dir", str(Path(settings.models_dir).resolve()), "--device", settings.device]
+                   "--models-dir", str(Path(settings.models_dir).resolve()), "--device", settings.device,
+                   "--warm-up-slices", str(settings.warm_up_slices)]
         if not warm_up:
             command.append("--no-warm-up")
         python_path = os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")]))

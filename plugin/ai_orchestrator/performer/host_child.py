@@ -46,12 +46,16 @@ from .timing import StageTimer
 
 log = logging.getLogger("ai_orchestrator.host")
 
-WARM_UP_SLICES = 12  # the warm-up phantom: enough images for min_instances of the built-in models
+# The warm-up phantom is a study of the usual size (WarmUpSlices): the first study then finds the host's heap grown
+# and glibc's mmap threshold raised. Warmed up on 12 slices, the first two 100-slice studies paid 0.5-0.6 s of page
+# faults each (first study 1.5-1.6x the steady state on the 2-core test machine; bench/inference.py).
+WARM_UP_SLICES = 100
 WARM_UP_ROWS = 512  # the usual CT matrix, so the first study meets warm kernels and buffers
 # The freed heap is given back to the system once the host has been idle this long, not after every run: studies
-# that come one after another reuse it, where giving it back made each run fault its pages in again (a third more
-# CPU than the same run outside Orthanc on the 100-slice phantom, 1.0 CPU-s of 3.2).
-TRIM_AFTER_IDLE_S = 10.0
+# that come one after another reuse it. A run on a heap given back faults all its pages in again: on the 100-slice
+# phantom 1.2-1.8 s of system time on the 2-core VM, more than the model itself, so a host keeps its heap through
+# the pauses of a normal day's flow (a study every few minutes) and gives it back when the flow stops.
+TRIM_AFTER_IDLE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class HostOptions:
     models_dir: Path
     device: str = "auto"
     warm_up: bool = True
+    warm_up_slices: int = WARM_UP_SLICES
     registry: Registry | None = None  # thread mode: the plugin's own, loaded once; None: loaded here
 
 
@@ -139,7 +144,7 @@ class Host:
             self.options.models_dir)
         device = resolve_device(self.options.device)
         loaded = time.perf_counter() - started
-        warm_up_s = warm_up(registry, device) if self.options.warm_up else 0.0
+        warm_up_s = warm_up(registry, device, self.options.warm_up_slices) if self.options.warm_up else 0.0
         self.channel.send({
             "op": "ready", "pid": os.getpid(), "device": str(device), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "load_s": round(loaded, 3),
@@ -235,9 +240,10 @@ def _device_statistics(device: torch.device) -> Iterator[dict[str, Any]]:
         statistics["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
 
 
-def warm_up(registry: Registry, device: torch.device) -> float:
-    """Run each model that takes a chest CT once on a small phantom, and the encoders, before the first study:
-    imports, torch's first calls and highdicom's tables are paid here. Best effort: a failure is logged."""
+def warm_up(registry: Registry, device: torch.device, slices: int = WARM_UP_SLICES) -> float:
+    """Run each model that takes a chest CT once on a phantom of ``slices`` slices, and the encoders, before the first
+    study: imports, torch's first calls, highdicom's tables and the heap a study needs are paid here. Best effort: a
+    failure is logged."""
     from ..phantom import make_chest_phantom  # only needed here
     from ..results.encoding import to_bytes
 
@@ -246,7 +252,7 @@ def warm_up(registry: Registry, device: torch.device) -> float:
         warm_up_encoders()
         # which models take the phantom: asked of a tiny one with the same tags, before the real one is drawn
         series = _series_description(make_chest_phantom(slices=2, rows=32, patient_id="WARM-UP").datasets,
-                                     WARM_UP_SLICES)
+                                     slices)
     except Exception:
         log.warning("warming up the encoders failed: the first study will be slower", exc_info=True)
         return time.perf_counter() - started
@@ -256,7 +262,7 @@ def warm_up(registry: Registry, device: torch.device) -> float:
             if not model.matches(series):
                 continue
             if not blobs:
-                phantom = make_chest_phantom(slices=WARM_UP_SLICES, rows=WARM_UP_ROWS, patient_id="WARM-UP")
+                phantom = make_chest_phantom(slices=slices, rows=WARM_UP_ROWS, patient_id="WARM-UP")
                 blobs = [to_bytes(dataset) for dataset in phantom.datasets]
             run_model(model, list(blobs), device, HostRunContext(StageTimer()))
         except Exception as error:
@@ -277,6 +283,20 @@ def _series_description(datasets: Sequence[Dataset], images: int) -> dict[str, A
     }
 
 
+def keep_freed_heap() -> bool:
+    """Serve a study's large arrays from the heap, and keep what a run frees there for the next run (glibc's
+    ``mallopt``; False where it is not glibc). By default glibc maps every block over 32 MiB afresh and unmaps it
+    when freed, so the kernel zeroes its pages again for each study: 300 MiB on the 100-slice phantom, 0.1-0.7 s of
+    system time on the 2-core VM, and the host's encode took 1.75x the same code outside Orthanc. The heap is given
+    back when the host is idle (``TRIM_AFTER_IDLE_S``). Process mode only: Orthanc's own allocator is left alone."""
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def _trim_memory() -> None:
     """Give the freed heap back to the system, so the resident memory the plugin watches is what is in use."""
     try:
@@ -291,14 +311,17 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, required=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-warm-up", action="store_true")
+    parser.add_argument("--warm-up-slices", type=int, default=WARM_UP_SLICES, help="slices of the warm-up phantom")
     args = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s ai-model-host[%(process)d] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ai_orchestrator").setLevel(logging.INFO)
     faulthandler.enable()  # a crash in native code prints the Python stack of every thread into Orthanc's log
+    if not keep_freed_heap():
+        log.info("not glibc: each study's large arrays are mapped afresh")
     os.set_inheritable(args.fd, False)  # a model's own subprocesses must not hold the channel open
     channel = Channel(socket.socket(fileno=args.fd))
-    Host(channel, HostOptions(args.models_dir, args.device, not args.no_warm_up),
+    Host(channel, HostOptions(args.models_dir, args.device, not args.no_warm_up, args.warm_up_slices),
          on_closed=lambda: os._exit(0)).serve()
     return 0
 
