@@ -25,6 +25,7 @@ The machine this project runs on is a shared 2-core VM: run it several times and
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shutil
 import statistics
@@ -184,6 +185,7 @@ def main() -> int:
     device = resolve_device("auto")
     keep_freed_heap()  # (a) gets the heap policy of the model host (b): the same allocator for the same code
     work = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    atexit.register(shutil.rmtree, work, True)  # 1-1.6 GB of phantoms and Orthanc storage per run
     models_dir = work / "models"  # this model alone, so no other model's runs share the machine
     models_dir.mkdir()
     shutil.copy(REPO_DIR / "models" / f"{args.model}.py", models_dir)
