@@ -47,8 +47,8 @@ from .timing import StageTimer
 log = logging.getLogger("ai_orchestrator.host")
 
 # The warm-up phantom is a study of the usual size (WarmUpSlices): the first study then finds the host's heap grown
-# and glibc's mmap threshold raised. Warmed up on 12 slices, the first two 100-slice studies paid 0.5-0.6 s of page
-# faults each (first study 1.5-1.6x the steady state on the 2-core test machine; bench/inference.py).
+# (keep_freed_heap keeps it). Warmed up on 12 slices, the first two 100-slice studies paid 0.5-0.6 s of page faults
+# each (first study 1.5-1.6x the steady state on the 2-core test machine; bench/inference.py).
 WARM_UP_SLICES = 100
 WARM_UP_ROWS = 512  # the usual CT matrix, so the first study meets warm kernels and buffers
 # The freed heap is given back to the system once the host has been idle this long, not after every run: studies
