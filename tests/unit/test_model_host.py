@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +22,7 @@ from ai_orchestrator.config import ConfigError, Settings
 from ai_orchestrator.modeling.api import ModelSpec, ModelSpecError
 from ai_orchestrator.modeling.registry import Registry
 from ai_orchestrator.performer.host import (
+    PLUGIN_DIR,
     HostDied,
     HostOutOfMemory,
     HostResult,
@@ -320,12 +323,8 @@ print(faults[-1])
 def test_the_host_keeps_a_studys_freed_arrays_for_the_next_one(policy):
     """keep_freed_heap: the third study's 100 MiB array reuses the memory the first two faulted in (glibc's default
     maps and zeroes it again for each)."""
-    import subprocess
-    import sys
-
-    plugin_dir = str(Path(__file__).resolve().parents[2] / "plugin")
     done = subprocess.run([sys.executable, "-c", HEAP_PROBE, policy], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PYTHONPATH": plugin_dir})
+                          env={**os.environ, "PYTHONPATH": str(PLUGIN_DIR)})
     faults = int(done.stdout.strip())
     if policy == "keep":
         assert faults < 25, faults

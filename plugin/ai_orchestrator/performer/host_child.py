@@ -241,7 +241,7 @@ def _device_statistics(device: torch.device) -> Iterator[dict[str, Any]]:
 
 
 def warm_up(registry: Registry, device: torch.device, slices: int = WARM_UP_SLICES) -> float:
-    """Run each model that takes a chest CT once on a phantom of ``slices`` slices, and the encoders, before the first
+    """Run each model that takes a chest CT twice on a phantom of ``slices`` slices, and the encoders, before the first
     study: imports, torch's first calls, highdicom's tables and the heap a study needs are paid here. Best effort: a
     failure is logged."""
     from ..phantom import make_chest_phantom  # only needed here
@@ -293,19 +293,25 @@ def keep_freed_heap() -> bool:
     system time on the 2-core VM, and the host's encode took 1.75x the same code outside Orthanc. The heap is given
     back when the host is idle (``TRIM_AFTER_IDLE_S``). Process mode only: Orthanc's own allocator is left alone."""
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+    mallopt = _glibc("mallopt")
+    return mallopt is not None and bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(
+        mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def _trim_memory() -> None:
     """Give the freed heap back to the system, so the resident memory the plugin watches is what is in use."""
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
+
+
+def _glibc(name: str) -> Callable[..., int] | None:
+    """A function of glibc's allocator; None where the C library is another (musl...) or lacks it."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        function: Callable[..., int] = getattr(ctypes.CDLL("libc.so.6"), name)
     except (OSError, AttributeError):
-        pass
+        return None
+    return function
 
 
 def main(argv: Iterable[str] | None = None) -> int:
