@@ -22,6 +22,7 @@ from . import __version__
 from .background import PeriodicTask
 from .capabilities import Capabilities
 from .config import Settings
+from .gateway.loopback import LoopbackEndpoint, LoopbackStore
 from .gateway.protocol import OrthancGateway
 from .http import openapi
 from .http.messages import Request, Response
@@ -97,7 +98,8 @@ class Orchestrator:
                                       IntakeSettings.from_settings(settings))
         self.housekeeping_settings = HousekeepingSettings.from_settings(settings)
         self.ledger = ClaimLedger(settings.data_dir / "performer.sqlite")
-        publisher = ResultPublisher(gateway, settings.dicomweb_url,
+        self.result_store, self.result_store_note = self._result_store(settings, gateway, capabilities)
+        publisher = ResultPublisher(self.result_store or gateway, settings.dicomweb_url,
                                     Forwarding(settings.forward_to, settings.delete_study_after_forward))
         self.hosts = self._model_hosts(settings) if settings.workers and self.registry.models else []
         self.worker = InferenceWorker(
@@ -159,6 +161,8 @@ class Orchestrator:
             "ModelHosts": [host.describe() for host in self.hosts],
             "OrchestratorPort": {"Port": self.settings.events_port, "Error": self.own_port_error},
             "Capabilities": self.capabilities.describe(),
+            "ResultStore": self.result_store.describe() if self.result_store else {"Mode": "in-process",
+                                                                                    "Why": self.result_store_note},
         })
 
     def _models(self, request: Request) -> Response:
@@ -168,6 +172,22 @@ class Orchestrator:
         return Response.json([{**entry, "device": str(self.device), "timeout_s": timeouts.get(entry["name"]),
                                "hosts": [host.describe_model(entry["name"]) for host in self.hosts]}
                               for entry in self.registry.describe()])
+
+    @staticmethod
+    def _result_store(settings: Settings, gateway: OrthancGateway,
+                      capabilities: Capabilities) -> tuple[LoopbackStore | None, str | None]:
+        """Where results are stored: through Orthanc's HTTP port on loopback while ``orthanc.*`` calls hold the
+        GIL (see ``gateway/loopback``), else in-process; and, for in-process, why."""
+        if capabilities.sdk_calls_release_gil:
+            return None, "the Python plugin releases the GIL during orthanc.* calls (AllowThreads)"
+        if not settings.loopback_store:
+            return None, "LoopbackStore is false"
+        if not settings.http_server_enabled:
+            return None, "Orthanc's HTTP server is off (HttpServerEnabled)"
+        if settings.ssl_enabled:
+            return None, "Orthanc's HTTP port speaks TLS (SslEnabled)"
+        auth = next(iter(settings.registered_users.items()), None)  # harmless when authentication is off
+        return LoopbackStore(gateway, LoopbackEndpoint(settings.http_port, auth)), None
 
     def _model_hosts(self, settings: Settings) -> list[ModelHost]:
         """The model hosts: ModelHosts of them on a CPU, one on a GPU (it owns the device)."""
@@ -179,6 +199,7 @@ class Orchestrator:
             settings.models_dir, str(self.device), mode=settings.model_host, python=settings.host_python,
             timeout_s=settings.model_timeout_s, memory_limit_mb=settings.host_memory_limit_mb,
             start_timeout_s=settings.host_start_timeout_s, warm_up_slices=settings.warm_up_slices,
+            nice=settings.host_nice,
             registry=self.registry if settings.model_host == "thread" else None)
         return [ModelHost(host_settings, f"model-host-{n + 1}") for n in range(count)]
 
@@ -286,6 +307,8 @@ class Orchestrator:
         if self.study_labels and all(ended):
             self._flush_labels()
         if all(ended):
+            if self.result_store:
+                self.result_store.close()
             self.ledger.close()
             self.store.close()
         else:  # closing under a running thread would only turn its last step into errors; the WAL is durable
@@ -305,4 +328,5 @@ class Orchestrator:
         return (f"plugin {__version__}, device {self.device}, data {self.settings.data_dir}, "
                 f"models: {models}, in-process workers: {self.settings.workers}, "
                 f"model hosts: {len(self.hosts)} ({self.settings.model_host}), "
-                f"Orthanc capabilities used: {capabilities}")
+                f"Orthanc capabilities used: {capabilities}, results stored "
+                f"{'through ' + self.result_store.endpoint.url if self.result_store else 'in-process'}")

@@ -45,10 +45,14 @@ class Settings:
     host_memory_limit_mb: int = 0  # resident memory of one host before it is killed; 0: no limit of ours
     host_start_timeout_s: int = 300  # loading the models and warming them up
     warm_up_slices: int = 100  # the warm-up phantom's slices: a study of the usual size, so the first is not slower
+    host_nice: int = 10  # the host's CPU priority below Orthanc's (nice): Orthanc's own work goes first on a busy CPU
     store_max_size_mb: int = 0  # the most the workitem store may grow to (507 past it); 0: what the disk holds
     stable_age_s: int = 60  # Orthanc's StableAge: how long a study waits without new instances to be stable
     ssl_certificate: str | None = None  # the own port serves TLS with it: EventsCertificate, else Orthanc's own
     events_public_url: str | None = None  # the event channel's base URL as clients reach it (a reverse proxy's)
+    loopback_store: bool = True  # results are stored through Orthanc's HTTP port on 127.0.0.1 where SDK calls hold the GIL
+    http_server_enabled: bool = True  # Orthanc's HttpServerEnabled
+    ssl_enabled: bool = False  # Orthanc's SslEnabled: its HTTP port speaks TLS
 
     @property
     def store_path(self) -> Path:
@@ -100,10 +104,14 @@ class Settings:
             host_memory_limit_mb=_int(section, "HostMemoryLimitMB", 0),
             host_start_timeout_s=_int(section, "HostStartTimeoutSeconds", 300, minimum=1),
             warm_up_slices=_int(section, "WarmUpSlices", 100, minimum=1),
+            host_nice=_int(section, "HostNice", 10, maximum=19),
             store_max_size_mb=_int(section, "StoreMaxSizeMB", 0),
             stable_age_s=int(orthanc_config.get("StableAge", 60)),
             ssl_certificate=_certificate(section, orthanc_config),
             events_public_url=str(section["EventsPublicUrl"]).rstrip("/") if section.get("EventsPublicUrl") else None,
+            loopback_store=_bool(section, "LoopbackStore", True),
+            http_server_enabled=bool(orthanc_config.get("HttpServerEnabled", True)),
+            ssl_enabled=bool(orthanc_config.get("SslEnabled", False)),
         )
 
 
@@ -128,10 +136,12 @@ def _users(orthanc_config: Mapping[str, Any]) -> dict[str, str]:
     return {str(name): password for name, password in users.items()}
 
 
-def _int(section: Mapping[str, Any], name: str, default: int, minimum: int = 0) -> int:
+def _int(section: Mapping[str, Any], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
     value = section.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f'"AiOrchestrator.{name}" must be a whole number >= {minimum}, not {value!r}')
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ConfigError(f'"AiOrchestrator.{name}" must be a whole number {bounds}, not {value!r}')
     return value
 
 
@@ -140,3 +150,10 @@ def _choice(section: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> 
     if value not in choices:
         raise ConfigError(f'"AiOrchestrator.{name}" must be one of {", ".join(map(repr, choices))}, not {value!r}')
     return str(value)
+
+
+def _bool(section: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = section.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f'"AiOrchestrator.{name}" must be true or false, not {value!r}')
+    return value

@@ -157,6 +157,21 @@ def test_with_the_credentials_every_route_answers(locked_down):
         pass
 
 
+def test_results_are_stored_over_loopback_as_the_registered_user(locked_down):
+    """With authentication on, the plugin's loopback store (gateway/loopback.py) logs in as the registered user;
+    nothing falls back to the in-process store."""
+    api = locked_down.api
+    datasets = instances("MR_small.dcm", count=1, patient_id=f"LB{generate_uid()[-8:]}", study_uid=generate_uid(),
+                         body_part="HTML")
+    study_id = upload_rest(api, datasets)
+    [run] = wait_for(lambda: [i for i in api.get(f"{ROOT}/studies/{study_id}/workitems").json().get("Workitems", [])
+                              if i["Model"] == "html-text" and i["State"] == "COMPLETED"], timeout=120, interval=0.5)
+    assert [series["Modality"] for series in run["Results"]] == ["SR"]
+    store = api.get(f"{ROOT}/system").json()["ResultStore"]
+    assert (store["Mode"], store["User"], store["LastFallback"]) == ("loopback", USER, None), store
+    assert store["Stored"]["Loopback"] >= 1 and store["Stored"]["InProcess"] == 0, store
+
+
 def test_model_modules_load_only_from_the_configured_models_dir(locked_down):
     listing = {entry["name"]: entry for entry in locked_down.api.get(f"{ROOT}/models").json()}
     assert set(listing) == {"html-text"}, listing  # not the repository's models, nor any stray module

@@ -470,3 +470,37 @@ def test_dicom_the_model_cannot_read_ends_canceled_with_the_reason_and_the_next_
     done = wait_for(lambda: next((i for i in workitems_of(reading_orthanc.client, patient + "OK")
                                   if value(i, "00741000") in FINAL), None), timeout=120, interval=0.25)
     assert value(done, "00741000") == "COMPLETED"
+
+
+# A site's own Lua filter that keeps POST /instances off Orthanc's REST API (C-STORE only): the plugin's loopback
+# store (gateway/loopback.py) is refused with a 403.
+REFUSE_REST_STORES = """
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  return not (method == 'POST' and uri == '/instances')
+end
+"""
+
+
+def test_a_refused_loopback_store_stores_in_process_and_loses_no_result(tmp_path):
+    lua = tmp_path / "refuse-rest-stores.lua"
+    lua.write_text(REFUSE_REST_STORES)
+    env = {"AI_ORCHESTRATOR_MODELS_DIR": str(MODELS_DIR), "ORTHANC_SETTINGS": json.dumps({"LuaScripts": [str(lua)]})}
+    with OrthancServer(tmp_path / "data", extra_env=env) as server:
+        studies = []
+        for n in range(2):  # the first is refused over HTTP; the second no longer tries
+            patient, study_uid = f"LOOP{n}{generate_uid()[-8:]}", generate_uid()
+            datasets = instances("MR_small.dcm", count=1, patient_id=patient, study_uid=study_uid, body_part="QUICK")
+            assert storescu(server.dicom_port, datasets, tmp_path / f"upload{n}") == 0
+            item = wait_for(lambda p=patient: next((i for i in workitems_of(server.client, p)
+                                                    if value(i, "00741000") in FINAL), None), timeout=120)
+            assert value(item, "00741000") == "COMPLETED", item.get("00741002")
+            studies.append(study_uid)
+        assert server.client.post("/instances", content=to_bytes(datasets[0])).status_code == 403  # the filter
+        for study_uid in studies:
+            [sr] = result_series(server, study_uid)
+            assert sr["MainDicomTags"]["Modality"] == "SR"
+        store = server.client.get(f"{ROOT}/system").json()["ResultStore"]
+        assert store["Mode"].startswith("in-process"), store
+        assert store["Stored"] == {"Loopback": 0, "InProcess": 2}, store
+        assert "HTTP 403" in store["LastFallback"], store
+        assert server.log().count("was refused") == 1

@@ -100,6 +100,18 @@ def test_results_are_in_the_same_study_and_agree_with_the_truth(orthanc, phantom
         assert dciodvfy_errors(path) == [], ds.Modality
 
 
+def test_results_are_stored_through_orthancs_http_port_on_loopback(orthanc, phantom_run):
+    """Plugin 4.0 (and AllowThreads off) holds the GIL in orthanc.* calls: results go through 127.0.0.1:HttpPort,
+    so the plugin's routes do not wait while Orthanc stores a SEG (gateway/loopback.py)."""
+    phantom, items = phantom_run
+    results = sum(len(item["00741216"]["Value"][0]["00404033"]["Value"]) for item in items.values())
+    store = orthanc.client.get(f"{ROOT}/system").json()["ResultStore"]
+    assert store["Mode"] == "loopback", store
+    assert store["Url"] == f"http://127.0.0.1:{orthanc.http_port}"
+    assert store["Stored"]["Loopback"] >= results and store["Stored"]["InProcess"] == 0, store
+    assert store["LastFallback"] is None
+
+
 def test_result_series_trigger_no_new_workitems(orthanc, phantom_run):
     phantom, items = phantom_run
     study_id = orthanc.client.post("/tools/lookup", content=phantom.study_uid).json()[0]["ID"]

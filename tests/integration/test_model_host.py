@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -88,6 +89,21 @@ def run_study(server: OrthancServer, body_part: str, timeout: float = 120) -> di
 
 def reason_of(item: dict) -> str:
     return value(item["00741002"]["Value"][0], "00741238")
+
+
+def niceness(pid: int) -> set[int]:
+    """The nice values of a process's threads (/proc/PID/task/TID/stat, field 19)."""
+    return {int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in Path(f"/proc/{pid}/task").glob("*/stat")}
+
+
+def test_the_host_runs_below_orthancs_cpu_priority_every_thread_of_it(host_orthanc):
+    """HostNice (10): on a busy CPU Orthanc's own threads (receiving studies, the workitem API) go first."""
+    host = host_state(host_orthanc)
+    assert host["Nice"] == 10
+    run_study(host_orthanc, "QUICK")  # the model thread and torch's pool exist by now
+    threads = niceness(host["Pid"])
+    assert threads == {niceness(host_orthanc.process.pid).pop() + 10}, threads
+    assert len(list(Path(f"/proc/{host['Pid']}/task").iterdir())) > 1
 
 
 def test_a_model_that_aborts_the_host_is_canceled_after_max_attempts_and_orthanc_carries_on(host_orthanc):

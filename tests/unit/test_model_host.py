@@ -156,6 +156,10 @@ def test_host_settings_are_read_and_checked():
             ) == ("thread", 2, 30, 4096, 60, "/opt/venv/bin/python", 12)
     with pytest.raises(ConfigError, match="WarmUpSlices"):
         Settings.from_orthanc({"AiOrchestrator": {"WarmUpSlices": 0}})
+    assert (defaults.host_nice, Settings.from_orthanc({"AiOrchestrator": {"HostNice": 0}}).host_nice) == (10, 0)
+    for wrong in (-1, 20, True, "10"):
+        with pytest.raises(ConfigError, match="HostNice.* from 0 to 19"):
+            Settings.from_orthanc({"AiOrchestrator": {"HostNice": wrong}})
     with pytest.raises(ConfigError, match="ModelHost.*'process', 'thread'"):
         Settings.from_orthanc({"AiOrchestrator": {"ModelHost": "docker"}})
     with pytest.raises(ConfigError, match="ModelTimeoutSeconds"):

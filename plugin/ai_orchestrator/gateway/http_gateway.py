@@ -26,10 +26,10 @@ class HttpGateway:
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.status_code == 404:
-            raise ResourceNotFound(f"{response.request.method} {response.request.url.path}: no such resource")
+            raise ResourceNotFound(f"{response.request.method} {response.request.url.path}: no such resource", 404)
         if response.is_error:
             raise OrthancError(f"{response.request.method} {response.request.url.path}: "
-                               f"HTTP {response.status_code} {response.text[:200]}")
+                               f"HTTP {response.status_code} {response.text[:200]}", response.status_code)
         return response
 
     def get_json(self, uri: str) -> Any:

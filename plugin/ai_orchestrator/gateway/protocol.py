@@ -12,7 +12,11 @@ from typing import Any, Protocol
 
 
 class OrthancError(RuntimeError):
-    """Orthanc answered a REST call with an error."""
+    """Orthanc answered a REST call with an error; ``status``: the HTTP status, when it came over HTTP."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class ResourceNotFound(OrthancError):

@@ -99,6 +99,7 @@ class HostSettings:
     start_timeout_s: float = 300.0  # loading the models and warming them up
     warm_up: bool = True
     warm_up_slices: int = 100  # the warm-up phantom's slices (WarmUpSlices): a study of the usual size
+    nice: int = 10  # process mode: the host's niceness (HostNice), so that Orthanc's threads go first on a busy CPU
     registry: Registry | None = None  # thread mode: the plugin's own registry (loaded once)
 
 
@@ -440,7 +441,7 @@ class ModelHost:
             return _ThreadChild(thread, channel)
         command = [host_python(settings.python), "-m", CHILD_MODULE, "--fd", str(child_end.fileno()),
                    "--models-dir", str(Path(settings.models_dir).resolve()), "--device", settings.device,
-                   "--warm-up-slices", str(settings.warm_up_slices)]
+                   "--warm-up-slices", str(settings.warm_up_slices), "--nice", str(settings.nice)]
         if not warm_up:
             command.append("--no-warm-up")
         python_path = os.pathsep.join(filter(None, [str(PLUGIN_DIR), os.environ.get("PYTHONPATH")]))
@@ -518,6 +519,7 @@ class ModelHost:
             "Name": self.name, "Mode": self.settings.mode, "State": self.state, "Pid": self.pid,
             "Device": self.device, "Threads": self.threads, "ResidentMemoryMB": self.resident_mb,
             "MemoryLimitMB": self.settings.memory_limit_mb or None, "Restarts": self.restarts,
+            "Nice": self.settings.nice if self.settings.mode == "process" else None,
             "StartedAt": self.started_at, "ReadyAt": self.ready_at, "LoadSeconds": self.load_s,
             "WarmUpSeconds": self.warm_up_s, "Running": self.running, "LastRun": self.last_run,
             "LastFailure": self.last_failure,

@@ -314,6 +314,22 @@ def _glibc(name: str) -> Callable[..., int] | None:
     return function
 
 
+def lower_priority(increment: int) -> None:
+    """Add ``increment`` to the niceness of every thread of this process. Linux keeps a niceness per thread, and
+    importing numpy and torch already started some (OpenBLAS's pool); threads started later inherit it."""
+    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + increment)
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the process's niceness is one value
+        os.nice(target - os.getpriority(os.PRIO_PROCESS, 0))
+        return
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, target)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ai_orchestrator.performer.host_child", description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="this end of the socket pair")
@@ -321,7 +337,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-warm-up", action="store_true")
     parser.add_argument("--warm-up-slices", type=int, default=WARM_UP_SLICES, help="slices of the warm-up phantom")
+    parser.add_argument("--nice", type=int, default=0, help="added to this process's niceness before any thread starts")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.nice:
+        lower_priority(args.nice)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s ai-model-host[%(process)d] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("ai_orchestrator").setLevel(logging.INFO)
