@@ -47,11 +47,10 @@ class LoopbackStore:
     """An :class:`~.protocol.OrthancGateway` that stores DICOM files (``POST /instances``) over HTTP on loopback
     and passes every other call to the in-process gateway."""
 
-    def __init__(self, in_process: OrthancGateway, endpoint: LoopbackEndpoint,
-                 http: HttpGateway | None = None):
+    def __init__(self, in_process: OrthancGateway, endpoint: LoopbackEndpoint):
         self._in_process, self.endpoint = in_process, endpoint
-        self._http = http or HttpGateway(httpx.Client(base_url=endpoint.url, auth=endpoint.auth,
-                                                      timeout=STORE_TIMEOUT_S, limits=ORTHANC_CONNECTION_LIMITS))
+        self._http = HttpGateway(httpx.Client(base_url=endpoint.url, auth=endpoint.auth, timeout=STORE_TIMEOUT_S,
+                                              limits=ORTHANC_CONNECTION_LIMITS))
         self._lock = threading.Lock()
         self._enabled = True
         self._counts = {"Loopback": 0, "InProcess": 0}

@@ -337,7 +337,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-warm-up", action="store_true")
     parser.add_argument("--warm-up-slices", type=int, default=WARM_UP_SLICES, help="slices of the warm-up phantom")
-    parser.add_argument("--nice", type=int, default=0, help="added to this process's niceness before any thread starts")
+    parser.add_argument("--nice", type=int, default=0, help="added to the niceness of every thread of this process")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.nice:
         lower_priority(args.nice)
